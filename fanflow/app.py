@@ -1,0 +1,81 @@
+"""The Celery app: JSON only, late acks, consistent visibility timeout, one queue per kind of work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from fanflow.backend import backend_url
+from fanflow.branch import BranchRunner
+from fanflow.config import Settings
+from fanflow.errors import ConfigError
+from fanflow.store import JobStore
+from fanflow.tasks import register_tasks
+
+__all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "store_of"]
+
+#: The queue of each kind of work, so each can be scaled on its own.
+QUEUES: dict[str, str] = {"python": "fanflow.py", "llm": "fanflow.llm", "agent": "fanflow.agent"}
+#: Merges and other bookkeeping.
+CONTROL_QUEUE = "fanflow.control"
+ALL_QUEUES = [*QUEUES.values(), CONTROL_QUEUE]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings derived from fanflow's; every reliability default in one place."""
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        # JSON only, everywhere: no pickle can reach a worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # A branch whose worker dies is delivered again (the store dedupes and caps deliveries).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        # Must match in broker and backend and exceed every branch timeout (kombu#337).
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        # Chord keys are re-expired on every part; results live in the job store anyway.
+        "result_expires": settings.result_ttl_s,
+        "task_queues": [Queue(name) for name in ALL_QUEUES],
+        "task_default_queue": CONTROL_QUEUE,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        "broker_connection_retry_on_startup": True,
+        "worker_soft_shutdown_timeout": settings.soft_shutdown_timeout_s,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
+    """A Celery app with fanflow's tasks registered, for ``settings``' broker and store.
+
+    Raises:
+        ConfigError: no broker is configured.
+    """
+    broker = settings.broker_url_value
+    store_url = settings.store_url_value
+    if broker is None or store_url is None:
+        raise ConfigError(
+            "no broker configured: set FANFLOW_BROKER_URL (e.g. redis://:password@host:6379/0), "
+            "or use `fanflow run`, which starts an embedded Redis"
+        )
+    app = Celery(main, broker=broker, backend=backend_url(settings.result_backend_value), set_as_current=False)
+    app.conf.update(celery_config(settings))
+    store = JobStore.from_url(store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s)
+    runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.visibility_timeout_s)
+    register_tasks(app, runner)
+    app.fanflow_store = store  # type: ignore[attr-defined]
+    app.fanflow_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def store_of(app: Celery) -> JobStore:
+    """The job store an app built by ``create_app`` writes to."""
+    store: JobStore = app.fanflow_store  # type: ignore[attr-defined]
+    return store

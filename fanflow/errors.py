@@ -1,0 +1,125 @@
+"""Every error fanflow raises, in one tree.
+
+::
+
+    FanflowError
+    ├── SpecError              a spec is invalid; nothing was enqueued (names the field)
+    ├── ConfigError            settings are missing or inconsistent
+    ├── BackendError           Redis / the broker could not be reached or answered badly
+    ├── JobNotFoundError       no job with that id (or its results expired)
+    ├── JobTimeoutError        ``wait()`` gave up before the job finished
+    ├── JobFailedError         the job finished ``failed`` (raised by ``JobResult.raise_for_status``)
+    ├── MergeError             the declared merge could not combine the outputs
+    │   └── MergeConflictError key_merge met the same entity twice under ``on_conflict: error``
+    └── ExecutorError          a branch's work failed (recorded in its outcome, never raised past a task)
+        ├── TransientError     worth retrying (network, 5xx, 429); always retryable
+        ├── BranchTimeoutError the branch ran past its ``timeout_s``
+        ├── DeadlineExceededError the job's ``deadline_s`` passed before the branch could finish
+        ├── SuccessCriteriaError  the output did not meet the branch's ``success`` criteria
+        └── DeliveryCapError   the branch's message came back too often (its worker kept dying)
+
+Branch tasks never raise these to Celery: they are turned into an ``ErrorInfo`` inside the
+branch's ``SubtaskOutcome`` so that the chord always completes and the merge applies the policy.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BranchTimeoutError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "DeliveryCapError",
+    "ExecutorError",
+    "FanflowError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "MergeConflictError",
+    "MergeError",
+    "SpecError",
+    "SuccessCriteriaError",
+    "TransientError",
+]
+
+
+class FanflowError(Exception):
+    """Base of every fanflow error."""
+
+
+class SpecError(FanflowError, ValueError):
+    """A spec is invalid. Raised before anything is enqueued.
+
+    The message names every bad field by its dotted path (``subtasks.2.run.function: ...``).
+
+    Attributes:
+        field: dotted path of the first offending field, when known.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class ConfigError(FanflowError):
+    """Settings are missing or inconsistent."""
+
+
+class BackendError(FanflowError):
+    """Redis or the broker could not be reached, or answered something unexpected."""
+
+
+class JobNotFoundError(FanflowError, LookupError):
+    """No job with that id exists (or its results expired)."""
+
+
+class JobTimeoutError(FanflowError, TimeoutError):
+    """``JobHandle.wait()`` gave up before the job finished."""
+
+
+class JobFailedError(FanflowError):
+    """The job finished with status ``failed``."""
+
+
+class MergeError(FanflowError):
+    """The declared merge strategy could not combine the branch outputs."""
+
+
+class MergeConflictError(MergeError):
+    """``key_merge`` found the same entity in two branches under ``on_conflict: error``."""
+
+
+class ExecutorError(FanflowError):
+    """A branch's work failed. Recorded in its outcome; never raised past a task."""
+
+    retryable: bool = False
+
+
+class TransientError(ExecutorError):
+    """A failure worth retrying (network error, 5xx, 429). Always retryable.
+
+    Attributes:
+        retry_after_s: the server's ``Retry-After``, honoured by the branch's backoff.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class BranchTimeoutError(ExecutorError, TimeoutError):
+    """The branch ran past its ``timeout_s``."""
+
+
+class DeadlineExceededError(ExecutorError):
+    """The job's ``deadline_s`` passed before this branch could finish."""
+
+
+class SuccessCriteriaError(ExecutorError):
+    """The branch's output did not meet its ``success`` criteria."""
+
+
+class DeliveryCapError(ExecutorError):
+    """The branch's message was delivered more often than the cap (its worker kept dying)."""

@@ -1,0 +1,59 @@
+"""The fan-in: apply the failure policy and the merge to the stored outcomes, store the JobResult."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import ValidationError
+
+from fanflow.errors import MergeError
+from fanflow.merge import merge_outputs
+from fanflow.policy import evaluate_policy
+from fanflow.result import ErrorInfo, JobResult, JobStatus, OutcomeStatus, SubtaskOutcome, Usage
+from fanflow.store import JobStore
+
+__all__ = ["finalize_job"]
+
+
+def _lost(key: str, round_: int) -> SubtaskOutcome:
+    # Only reachable if a branch's record was lost (e.g. its keys were deleted by hand).
+    return SubtaskOutcome(
+        key=key, status=OutcomeStatus.FAILED, round=round_,
+        error=ErrorInfo(type="LostBranchError", message="no outcome was recorded for this branch", retryable=True),
+    )  # fmt: skip
+
+
+def finalize_job(store: JobStore, job_id: str, round_: int) -> JobResult:
+    """Build the job's result from its stored outcomes and save it (idempotent: same inputs, same result)."""
+    job = store.load_job(job_id)
+    meta = store.meta(job_id)
+    if round_ < meta.round:  # a late merge of an older round: the newer round owns the result
+        existing = store.result(job_id)
+        if existing is not None:
+            return existing
+    spec = job.spec
+    stored = store.outcomes(job_id)
+    outcomes = [stored.get(s.key) or _lost(s.key, round_) for s in spec.subtasks]
+    verdict = evaluate_policy(spec.failure, spec.subtasks, outcomes, cancel_reason=store.cancel_reason(job_id))
+    status, error, merged = verdict.status, verdict.error, None
+    if verdict.merges:
+        try:
+            merged = merge_outputs(spec.merge, [o for o in outcomes if o.succeeded], context=spec.context)
+        except MergeError as exc:
+            status, error = JobStatus.FAILED, ErrorInfo(type=type(exc).__name__, message=str(exc))
+    usage = sum((o.usage for o in outcomes), Usage())
+    fields = dict(
+        job_id=job_id, name=spec.name, status=status, error=error, outcomes=outcomes,
+        flagged=[o.key for o in outcomes if not o.succeeded],
+        cancelled=[o.key for o in outcomes if o.status is OutcomeStatus.CANCELLED],
+        usage=usage, round=max(round_, meta.round), created_at=job.created_at, finished_at=time.time(),
+    )  # fmt: skip
+    try:
+        result = JobResult.model_validate({**fields, "merged": merged})
+    except ValidationError as exc:
+        message = f"the merged output is not JSON: {exc.errors(include_url=False)[0]['msg']}"
+        result = JobResult.model_validate(
+            {**fields, "status": JobStatus.FAILED, "error": ErrorInfo(type="MergeError", message=message)}
+        )
+    store.save_result(job_id, result)
+    return result
