@@ -65,7 +65,9 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
             "no broker configured: set FANFLOW_BROKER_URL (e.g. redis://:password@host:6379/0), "
             "or use `fanflow run`, which starts an embedded Redis"
         )
-    app = Celery(main, broker=broker, backend=backend_url(settings.result_backend_value), set_as_current=False)
+    app = Celery(
+        main, broker=broker, backend=backend_url(settings.result_backend_value), set_as_current=False
+    )
     app.conf.update(celery_config(settings))
     store = JobStore.from_url(store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s)
     runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.visibility_timeout_s)

@@ -15,7 +15,7 @@ from celery.backends.redis import RedisBackend
 __all__ = ["ResultBackend", "backend_url"]
 
 
-class ResultBackend(RedisBackend):  # type: ignore[misc]
+class ResultBackend(RedisBackend):
     """``RedisBackend`` whose producers do not subscribe to task results."""
 
     def on_task_call(self, producer: Any, task_id: str) -> None:

@@ -83,7 +83,9 @@ class BranchRunner:
             outcome = _failed(key, round_, error, attempts=0, usage=Usage(), started_at=None, worker=worker)
         else:  # wait, done, stale, missing
             return verdict.verdict
-        self.store.record_outcome(job_id, outcome, cancel_on_failure=isinstance(job.spec.failure, AllOrNothing))
+        self.store.record_outcome(
+            job_id, outcome, cancel_on_failure=isinstance(job.spec.failure, AllOrNothing)
+        )
         return outcome.status.value
 
     def _cancelled(self, job_id: str, key: str, round_: int, attempts: int = 0) -> SubtaskOutcome:
@@ -102,13 +104,14 @@ class BranchRunner:
         attempt = 0
         while True:
             attempt += 1
-            execution, error = _attempt(job, subtask)
-            if execution is not None:
+            execution = _attempt(job, subtask)
+            if isinstance(execution, Execution):
                 return SubtaskOutcome(
                     key=subtask.key, status=OutcomeStatus.SUCCEEDED, output=execution.output,
                     attempts=attempt, usage=execution.usage, round=round_, worker=worker,
                     started_at=started, finished_at=time.time(),
                 )  # fmt: skip
+            error = execution
             retryable = is_retryable(error, policy)
             if retryable and attempt < policy.attempts:
                 delay = _retry_delay(error, policy, attempt)
@@ -122,22 +125,30 @@ class BranchRunner:
                            worker=worker)  # fmt: skip
 
 
-def _attempt(job: StoredJob, subtask: Subtask) -> tuple[Execution, None] | tuple[None, Exception]:
+def _attempt(job: StoredJob, subtask: Subtask) -> Execution | Exception:
+    """One attempt: the execution, or the exception it ended with."""
     try:
         deadline = job.deadline_at
         timeout = subtask.timeout_s
+        bound_by_deadline = False
         if deadline is not None:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise DeadlineExceededError(f"the job's deadline_s={job.spec.deadline_s} passed")
+            bound_by_deadline = timeout is None or remaining < timeout
             timeout = remaining if timeout is None else min(timeout, remaining)
-        execution = _call_with_timeout(subtask, job.spec.context, timeout)
+        try:
+            execution = _call_with_timeout(subtask, job.spec.context, timeout)
+        except BranchTimeoutError:
+            if bound_by_deadline:
+                raise DeadlineExceededError(f"the job's deadline_s={job.spec.deadline_s} passed") from None
+            raise
         output = _json_output(execution.output)
         if subtask.success is not None:
             check_success(output, subtask.success)
-        return Execution(output=output, usage=execution.usage), None
+        return Execution(output=output, usage=execution.usage)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the branch's outcome
-        return None, exc
+        return exc
 
 
 def _call_with_timeout(subtask: Subtask, context: Any, timeout: float | None) -> Execution:
@@ -191,7 +202,9 @@ def check_success(output: Any, criteria: SuccessCriteria) -> None:
     if absent:
         raise SuccessCriteriaError(f"output does not contain {absent}")
     if criteria.max_chars is not None and len(text) > criteria.max_chars:
-        raise SuccessCriteriaError(f"output has {len(text)} characters, more than max_chars={criteria.max_chars}")
+        raise SuccessCriteriaError(
+            f"output has {len(text)} characters, more than max_chars={criteria.max_chars}"
+        )
 
 
 def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
@@ -208,18 +221,26 @@ def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:
 def _retry_delay(error: BaseException, policy: RetryPolicy, attempt: int) -> float:
     if isinstance(error, TransientError) and error.retry_after_s is not None:
         return error.retry_after_s
-    return policy.delay_s(attempt, random.random())  # noqa: S311 - jitter, not cryptography
+    return policy.delay_s(attempt, random.random())
 
 
 def _failed(
-    key: str, round_: int, error: BaseException, *, attempts: int, usage: Usage, started_at: float | None,
+    key: str,
+    round_: int,
+    error: BaseException,
+    *,
+    attempts: int,
+    usage: Usage,
+    started_at: float | None,
     worker: str | None,
 ) -> SubtaskOutcome:
     retryable = getattr(error, "retryable", None)
     info = ErrorInfo(
         type=type(error).__name__,
         message=str(error)[:_ERROR_MESSAGE_LIMIT] or type(error).__name__,
-        retryable=bool(retryable) if retryable is not None else isinstance(error, (TimeoutError, ConnectionError)),
+        retryable=bool(retryable)
+        if retryable is not None
+        else isinstance(error, (TimeoutError, ConnectionError)),
     )
     return SubtaskOutcome(
         key=key, status=OutcomeStatus.FAILED, error=info, attempts=attempts, usage=usage, round=round_,

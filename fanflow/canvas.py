@@ -22,7 +22,9 @@ from fanflow.tasks import MERGE_TASK, SUBTASK_TASK
 __all__ = ["build_fanout_chord"]
 
 
-def build_fanout_chord(app: Celery, job_id: str, spec: FanOut, round_: int, keys: list[str] | None = None) -> chord:
+def build_fanout_chord(
+    app: Celery, job_id: str, spec: FanOut, round_: int, keys: list[str] | None = None
+) -> chord:
     """The chord running ``keys`` (default: every subtask) of job ``job_id`` in round ``round_``."""
     wanted = set(keys) if keys is not None else None
     header: list[Signature] = [

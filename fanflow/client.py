@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -91,7 +92,8 @@ class Client:
                 self._check_import(subtask.run.function, f"{where}.run.function")
             if subtask.timeout_s is not None and subtask.timeout_s >= limit:
                 raise SpecError(
-                    f"{where}.timeout_s: {subtask.timeout_s}s is not below the visibility timeout ({limit}s); "
+                    f"{where}.timeout_s: {subtask.timeout_s}s is not below the visibility timeout "
+                    f"({limit}s); "
                     "raise FANFLOW_VISIBILITY_TIMEOUT_S or the branch would be delivered twice",
                     field=f"{where}.timeout_s",
                 )
@@ -114,7 +116,7 @@ class Client:
             raise SpecError(f"{field}: {path!r} is not callable", field=field)
 
     def _fail_unsent(self, job_id: str, spec: FanOut, exc: Exception) -> None:
-        try:
+        with contextlib.suppress(FanflowError):  # the store is down too; the caller gets the BackendError
             self.store.save_result(
                 job_id,
                 JobResult(
@@ -122,8 +124,6 @@ class Client:
                     error=ErrorInfo(type="EnqueueError", message=f"branches could not be enqueued: {exc}"),
                 ),
             )  # fmt: skip
-        except FanflowError:
-            pass  # the store is down too; the caller gets the BackendError
 
     def get(self, job_id: str) -> JobHandle:
         """A handle on an existing job (from any process).

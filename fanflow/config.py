@@ -22,9 +22,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FANFLOW_", extra="forbid", frozen=True)
 
-    broker_url: SecretStr | None = Field(None, description="redis://… (or amqp://… with a Redis result backend)")
+    broker_url: SecretStr | None = Field(
+        None, description="redis://… (or amqp://… with a Redis result backend)"
+    )
     result_backend: SecretStr | None = Field(None, description="redis://…; defaults to broker_url")
-    store_url: SecretStr | None = Field(None, description="Redis for the job store; defaults to result_backend")
+    store_url: SecretStr | None = Field(
+        None, description="Redis for the job store; defaults to result_backend"
+    )
     key_prefix: str = Field("fanflow", pattern=r"^[A-Za-z0-9_.\-]+$")
     visibility_timeout_s: int = Field(3600, ge=10, description="must exceed every branch timeout")
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long job results stay readable")
@@ -69,5 +73,9 @@ class Settings(BaseSettings):
     def with_redis(self, url: str) -> Settings:
         """A copy pointing broker, result backend and store at one Redis URL."""
         return self.model_copy(
-            update={"broker_url": SecretStr(url), "result_backend": SecretStr(url), "store_url": SecretStr(url)}
+            update={
+                "broker_url": SecretStr(url),
+                "result_backend": SecretStr(url),
+                "store_url": SecretStr(url),
+            }
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery._state import _set_task_join_will_block
+from celery._state import _set_task_join_will_block  # type: ignore[attr-defined]
 from celery.worker import WorkController
 
 from fanflow.app import ALL_QUEUES
@@ -83,13 +83,13 @@ class EmbeddedRedis:
             config = Path(self._dir) / "redis.conf"
             # The password goes in a private file, not on the command line where `ps` shows it.
             config.write_text(
-                f"port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\nsave \"\"\n"
+                f'port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\nsave ""\n'
                 f"appendonly no\nmaxmemory-policy noeviction\ndir {self._dir}\nloglevel warning\n"
                 f"logfile {self._dir}/redis.log\n",
                 encoding="utf-8",
             )
             os.chmod(config, 0o600)
-            self._process = subprocess.Popen([self.binary, str(config)], stdin=subprocess.DEVNULL)  # noqa: S603
+            self._process = subprocess.Popen([self.binary, str(config)], stdin=subprocess.DEVNULL)
             if self._wait_ready(timeout):
                 return self
             self._process.kill()
@@ -134,7 +134,7 @@ class EmbeddedRedis:
         self.stop()
 
 
-class _Worker(WorkController):  # type: ignore[misc]
+class _Worker(WorkController):
     """A WorkController that says when its consumer is ready."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -152,7 +152,12 @@ class InProcessWorker:
     """
 
     def __init__(
-        self, app: Celery, *, concurrency: int = 8, queues: list[str] | None = None, hostname: str | None = None
+        self,
+        app: Celery,
+        *,
+        concurrency: int = 8,
+        queues: list[str] | None = None,
+        hostname: str | None = None,
     ) -> None:
         self.app = app
         self.concurrency = concurrency
@@ -188,7 +193,7 @@ class InProcessWorker:
 
         if self._worker is None or self._thread is None:
             return
-        state.should_terminate = 0
+        state.should_terminate = 0  # type: ignore[assignment]  # what celery.contrib.testing does
         self._thread.join(timeout)
         state.should_terminate = None
         self._worker = None

@@ -19,7 +19,7 @@ def _lost(key: str, round_: int) -> SubtaskOutcome:
     # Only reachable if a branch's record was lost (e.g. its keys were deleted by hand).
     return SubtaskOutcome(
         key=key, status=OutcomeStatus.FAILED, round=round_,
-        error=ErrorInfo(type="LostBranchError", message="no outcome was recorded for this branch", retryable=True),
+        error=ErrorInfo(type="LostBranchError", message="no outcome was recorded", retryable=True),
     )  # fmt: skip
 
 
@@ -34,7 +34,9 @@ def finalize_job(store: JobStore, job_id: str, round_: int) -> JobResult:
     spec = job.spec
     stored = store.outcomes(job_id)
     outcomes = [stored.get(s.key) or _lost(s.key, round_) for s in spec.subtasks]
-    verdict = evaluate_policy(spec.failure, spec.subtasks, outcomes, cancel_reason=store.cancel_reason(job_id))
+    verdict = evaluate_policy(
+        spec.failure, spec.subtasks, outcomes, cancel_reason=store.cancel_reason(job_id)
+    )
     status, error, merged = verdict.status, verdict.error, None
     if verdict.merges:
         try:

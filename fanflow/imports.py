@@ -34,5 +34,7 @@ def import_object(path: str) -> Any:
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise ImportError(f"cannot import {path!r}: module {module_name!r} has no {attribute!r}") from None
+            raise ImportError(
+                f"cannot import {path!r}: module {module_name!r} has no {attribute!r}"
+            ) from None
     return target

@@ -31,11 +31,17 @@ def _first_failure(outcomes: list[SubtaskOutcome]) -> SubtaskOutcome | None:
 
 def _branch_error(outcome: SubtaskOutcome, prefix: str = "") -> ErrorInfo:
     error = outcome.error or ErrorInfo(type="Failed", message="no error recorded")
-    return ErrorInfo(type=error.type, message=f"{prefix}{outcome.key}: {error.message}", retryable=error.retryable)
+    return ErrorInfo(
+        type=error.type, message=f"{prefix}{outcome.key}: {error.message}", retryable=error.retryable
+    )
 
 
 def evaluate_policy(
-    policy: FailurePolicy, subtasks: list[Subtask], outcomes: list[SubtaskOutcome], *, cancel_reason: str | None
+    policy: FailurePolicy,
+    subtasks: list[Subtask],
+    outcomes: list[SubtaskOutcome],
+    *,
+    cancel_reason: str | None,
 ) -> Verdict:
     """Decide the job's status from its outcomes (in declared order).
 
@@ -52,7 +58,9 @@ def evaluate_policy(
     match policy:
         case AllOrNothing():
             if first is None:  # nothing failed, yet not everything succeeded: cancelled branches
-                return Verdict(JobStatus.FAILED, ErrorInfo(type="Cancelled", message="branches were cancelled"))
+                return Verdict(
+                    JobStatus.FAILED, ErrorInfo(type="Cancelled", message="branches were cancelled")
+                )
             return Verdict(JobStatus.FAILED, _branch_error(first))
         case BestEffort():
             if succeeded == 0:
@@ -64,7 +72,9 @@ def evaluate_policy(
     raise TypeError(f"unknown failure policy {policy!r}")  # pragma: no cover - the union is closed
 
 
-def _quorum(policy: Quorum, subtasks: list[Subtask], outcomes: list[SubtaskOutcome], succeeded: int) -> Verdict:
+def _quorum(
+    policy: Quorum, subtasks: list[Subtask], outcomes: list[SubtaskOutcome], succeeded: int
+) -> Verdict:
     by_key = {o.key: o for o in outcomes}
     for subtask in subtasks:
         outcome = by_key.get(subtask.key)

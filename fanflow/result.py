@@ -60,7 +60,7 @@ class Usage(_Result):
 
 
 class ErrorInfo(_Result):
-    """Why a branch (or a job) failed: the exception's type name, its message, and whether a retry may help."""
+    """Why a branch (or a job) failed: the exception's type name, its message, whether a retry may help."""
 
     type: str
     message: str

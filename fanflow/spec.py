@@ -149,7 +149,7 @@ class RetryPolicy(_Spec):
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Backoff before attempt ``attempt + 1`` (``attempt`` counts from 1); ``rand`` in [0, 1)."""
-        base = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
+        base = float(min(self.max_backoff_s, self.backoff_s * 2.0 ** (attempt - 1)))
         # Full jitter keeps a burst of failing branches from retrying in lock step.
         return base * rand if self.jitter else base
 
@@ -334,7 +334,9 @@ def validate_fanout(data: FanOut | dict[str, Any], *, source: str | None = None)
     if isinstance(data, FanOut):
         return data
     if not isinstance(data, dict):
-        raise SpecError(f"{source + ': ' if source else ''}a spec must be a mapping, not {type(data).__name__}")
+        raise SpecError(
+            f"{source + ': ' if source else ''}a spec must be a mapping, not {type(data).__name__}"
+        )
     try:
         return FanOut.model_validate(data)
     except ValidationError as exc:
@@ -357,5 +359,7 @@ def load_spec(path: str | Path) -> FanOut:
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"{file.name}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}") from exc
+        raise SpecError(
+            f"{file.name}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
     return validate_fanout(data, source=file.name)

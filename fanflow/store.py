@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -102,7 +102,9 @@ class JobStore:
     def from_url(cls, url: str, *, prefix: str = "fanflow", ttl_s: int = 7 * 24 * 3600) -> JobStore:
         """A store on the Redis at ``url``."""
         # Blocking reads (wait, watch) block for at most a few seconds, well inside this timeout.
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10)
+        client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10
+        )
         return cls(client, prefix=prefix, ttl_s=ttl_s)
 
     def keys(self, job_id: str) -> JobKeys:
@@ -175,7 +177,16 @@ class JobStore:
         keys = self.keys(job_id)
         verdict, deliveries = self._begin(
             keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.running, keys.events],
-            args=[key, round_, delivery_cap, time.time(), max_concurrency, lease_s, EVENTS_MAXLEN, self.ttl_s],
+            args=[
+                key,
+                round_,
+                delivery_cap,
+                time.time(),
+                max_concurrency,
+                lease_s,
+                EVENTS_MAXLEN,
+                self.ttl_s,
+            ],
         )
         return BranchVerdict(str(verdict), int(deliveries))
 
@@ -199,7 +210,7 @@ class JobStore:
 
     def outcomes(self, job_id: str) -> dict[str, SubtaskOutcome]:
         """Every branch's latest outcome, by key."""
-        raw = self.client.hgetall(self.keys(job_id).outcomes)
+        raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).outcomes))
         return {key: SubtaskOutcome.model_validate_json(value) for key, value in raw.items()}
 
     def save_result(self, job_id: str, result: JobResult) -> None:
@@ -224,7 +235,7 @@ class JobStore:
         Raises:
             JobNotFoundError: unknown or expired job.
         """
-        data = self.client.hgetall(self.keys(job_id).meta)
+        data = cast(dict[str, str], self.client.hgetall(self.keys(job_id).meta))
         if not data:
             raise JobNotFoundError(f"no job {job_id!r} (unknown, or its results expired)")
         return JobMeta.from_hash(job_id, data)
@@ -241,7 +252,9 @@ class JobStore:
             return None
         return str(reply[0][1][-1][0])
 
-    def events(self, job_id: str, after: str, *, block_ms: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    def events(
+        self, job_id: str, after: str, *, block_ms: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
         """Progress events after stream id ``after`` (blocking up to ``block_ms`` when given)."""
         reply: Any = self.client.xread({self.keys(job_id).events: after}, count=1000, block=block_ms)
         if not reply:
@@ -269,4 +282,3 @@ class JobStore:
             pipe.execute()
         except redis.RedisError as exc:
             raise BackendError(f"Redis write failed: {exc}") from exc
-

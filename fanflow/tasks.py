@@ -29,7 +29,7 @@ _BACKEND_ERRORS = (redis.ConnectionError, redis.TimeoutError, BackendError)
 
 
 def _backoff(retries: int) -> float:
-    return float(min(30.0, 0.5 * 2**retries) * (0.5 + random.random()))  # noqa: S311 - jitter
+    return float(min(30.0, 0.5 * 2**retries) * (0.5 + random.random()))
 
 
 def register_tasks(app: Celery, runner: BranchRunner) -> None:
@@ -52,7 +52,7 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
             return _record_internal_error(runner, job_id, key, round_, exc)
         if status == WAIT:
             # max_concurrency reached: re-queue without counting an attempt.
-            raise self.retry(countdown=0.1 + random.random() * 0.4, max_retries=None)  # noqa: S311
+            raise self.retry(countdown=0.1 + random.random() * 0.4, max_retries=None)
         return status
 
     @app.task(name=MERGE_TASK, bind=True, max_retries=None, shared=False)
@@ -77,7 +77,7 @@ def _record_internal_error(runner: BranchRunner, job_id: str, key: str, round_: 
     )  # fmt: skip
     try:
         runner.store.record_outcome(job_id, outcome, cancel_on_failure=False)
-    except Exception:  # noqa: BLE001 - nothing more to do; the merge will flag the branch as lost
+    except Exception:
         logger.exception("fanflow: could not record the internal error of %s/%s", job_id, key)
     return OutcomeStatus.FAILED.value
 
@@ -89,8 +89,8 @@ def _save_internal_error(runner: BranchRunner, job_id: str, round_: int, exc: Ex
             job_id,
             JobResult(
                 job_id=job_id, name=job.spec.name, status=JobStatus.FAILED, outcomes=[], round=round_,
-                error=ErrorInfo(type=type(exc).__name__, message=f"internal error in the merge: {exc}"[:2000]),
+                error=ErrorInfo(type=type(exc).__name__, message=f"merge failed: {exc}"[:2000]),
             ),
         )  # fmt: skip
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.exception("fanflow: could not save the merge error of job %s", job_id)

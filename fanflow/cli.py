@@ -1,0 +1,291 @@
+"""The ``fanflow`` command line: run, submit, watch and retry fan-outs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fanflow.app import ALL_QUEUES
+from fanflow.client import Client, JobHandle
+from fanflow.config import Settings
+from fanflow.errors import ConfigError, FanflowError, JobTimeoutError, SpecError
+from fanflow.result import JobResult, JobStatus, OutcomeStatus
+
+__all__ = ["main"]
+
+console = Console(stderr=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+_STATUS_STYLE = {
+    OutcomeStatus.SUCCEEDED: "green", OutcomeStatus.FAILED: "red", OutcomeStatus.CANCELLED: "yellow",
+    OutcomeStatus.SKIPPED: "dim",
+}  # fmt: skip
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's ValidationError or ConfigError: one line either way
+        raise click.ClickException(f"bad FANFLOW_* settings: {exc}".splitlines()[0]) from exc
+
+
+def _client(settings: Settings) -> Client:
+    if not settings.configured:
+        raise click.ClickException(
+            "no broker configured: set FANFLOW_BROKER_URL (e.g. redis://:password@localhost:6379/0). "
+            "`fanflow run` works without one (it starts an embedded Redis)."
+        )
+    return Client.from_settings(settings)
+
+
+def _add_import_paths(spec: Path) -> None:
+    # Python callables named in a spec usually live next to it or in the current directory.
+    for path in (str(spec.resolve().parent), str(Path.cwd())):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+@contextlib.contextmanager
+def _local_client(settings: Settings, concurrency: int, local_worker: bool) -> Iterator[Client]:
+    """A client on the configured broker, or on an embedded Redis with an in-process worker."""
+    from fanflow.embedded import EmbeddedRedis, InProcessWorker
+
+    with contextlib.ExitStack() as stack:
+        if not settings.configured:
+            console.print(
+                "[dim]no FANFLOW_BROKER_URL: starting an embedded Redis and an in-process worker[/]"
+            )
+            server = stack.enter_context(EmbeddedRedis())
+            settings = settings.with_redis(server.url)
+            local_worker = True
+        client = Client.from_settings(settings)
+        if local_worker:
+            stack.enter_context(InProcessWorker(client.app, concurrency=concurrency))
+        yield client
+
+
+def _follow(handle: JobHandle, timeout: float | None, show_progress: bool) -> JobResult:
+    """Wait for the job, drawing a progress bar of the current round on stderr."""
+    if not show_progress:
+        return handle.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        meta = handle.progress()
+        bar = progress.add_task(meta.name, total=meta.size, failed="")
+        while True:
+            meta = handle.progress()
+            failed = f"[red]{meta.failed} failed[/]" if meta.failed else ""
+            progress.update(bar, total=meta.size, completed=meta.done, failed=failed)
+            result = handle.result()
+            if result is not None:
+                return result
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobTimeoutError(f"job {handle.job_id} did not finish within {timeout}s")
+            time.sleep(0.1)
+
+
+def _print_result(result: JobResult, output: str) -> None:
+    if output == "json":
+        stdout.print(result.model_dump_json(indent=2), markup=False)
+        return
+    table = Table(title=f"{result.name} — job {result.job_id}", title_justify="left")
+    for column in ("branch", "status", "attempts", "seconds", "error"):
+        table.add_column(column)
+    for outcome in result.outcomes:
+        style = _STATUS_STYLE[outcome.status]
+        seconds = f"{outcome.duration_s:.2f}" if outcome.duration_s is not None else ""
+        error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
+        table.add_row(
+            outcome.key, f"[{style}]{outcome.status.value}[/]", str(outcome.attempts), seconds, error
+        )
+    console.print(table)
+    if result.merged is not None:
+        merged = result.merged if isinstance(result.merged, str) else json.dumps(result.merged, indent=2)
+        stdout.print(merged, markup=False)
+    summary = f"job {result.status.value}"
+    if result.flagged:
+        summary += (
+            f"; flagged: {', '.join(result.flagged)} (re-run them with `fanflow retry {result.job_id}`)"
+        )
+    if result.error:
+        summary += f"\n{result.error.type}: {result.error.message}"
+    console.print(summary, style="green" if result.status is JobStatus.SUCCEEDED else "yellow", markup=False)
+
+
+def _exit_code(result: JobResult) -> int:
+    return 1 if result.status in (JobStatus.FAILED, JobStatus.CANCELLED) else 0
+
+
+output_option = click.option(
+    "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="text: a table on stderr and the merged output on stdout; json: the JobResult as JSON.",
+)  # fmt: skip
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SpecError, ConfigError) as exc:
+            console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            sys.exit(2)
+        except FanflowError as exc:
+            console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fanflow")
+def main() -> None:
+    """Fan out model calls, agent runs and Python callables on Celery workers, then merge them back.
+
+    Broker and job store come from FANFLOW_BROKER_URL (and FANFLOW_RESULT_BACKEND); without one,
+    `fanflow run` starts an embedded Redis and an in-process worker.
+
+    \b
+    Examples:
+      fanflow run examples/wordcount.yaml          # run a spec locally and print the result
+      fanflow submit job.yaml                      # enqueue on the configured broker, print the job id
+      fanflow watch JOB && fanflow result JOB -o json
+      fanflow retry JOB --wait                     # re-run only the failed branches, merge again
+      fanflow worker -Q fanflow.llm -P threads -c 50
+    """
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@output_option
+@click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
+@click.option("--concurrency", "-c", type=int, default=8, show_default=True,
+              help="Threads of the in-process worker.")  # fmt: skip
+@click.option("--local-worker", is_flag=True, help="Also start an in-process worker on a configured broker.")
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Draw a progress bar on stderr."
+)
+def run(
+    spec: Path, output: str, timeout: float | None, concurrency: int, local_worker: bool, progress: bool
+) -> None:
+    """Run the fan-out in SPEC (YAML or JSON) and print its result."""
+    from fanflow.spec import load_spec
+
+    fanout = load_spec(spec)  # fail on a bad spec before starting anything
+    _add_import_paths(spec)
+    with _local_client(_settings(), concurrency, local_worker) as client:
+        handle = client.submit(fanout)
+        console.print(f"[dim]job {handle.job_id}: {len(fanout.subtasks)} branches[/]")
+        result = _follow(handle, timeout, progress and output == "text" and console.is_terminal)
+    _print_result(result, output)
+    sys.exit(_exit_code(result))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.option(
+    "--no-import-check", is_flag=True, help="Do not import the spec's functions here (workers have them)."
+)
+def submit(spec: Path, no_import_check: bool) -> None:
+    """Enqueue the fan-out in SPEC on the configured broker and print its job id."""
+    _add_import_paths(spec)
+    client = _client(_settings())
+    client.check_imports = not no_import_check
+    handle = client.submit(spec)
+    stdout.print(handle.job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@output_option
+def status(job_id: str, output: str) -> None:
+    """Show a job's status and the progress of its current round."""
+    meta = _client(_settings()).get(job_id).progress()
+    if output == "json":
+        stdout.print(
+            json.dumps({k: getattr(meta, k) for k in meta.__slots__}, default=str, indent=2), markup=False
+        )
+        return
+    line = f"{meta.job_id} {meta.name}: {meta.status.value}, round {meta.round}: {meta.done}/{meta.size} done"
+    if meta.failed:
+        line += f", {meta.failed} failed"
+    if meta.first_error:
+        line += f"\nfirst error: {meta.first_error}"
+    stdout.print(line, markup=False)
+
+
+@main.command()
+@click.argument("job_id")
+@output_option
+@click.option("--wait", "wait_s", type=float, default=None, metavar="SECONDS",
+              help="Wait up to this long for the job to finish.")  # fmt: skip
+def result(job_id: str, output: str, wait_s: float | None) -> None:
+    """Print a finished job's result (exit 1 if it failed or was cancelled)."""
+    handle = _client(_settings()).get(job_id)
+    job_result = handle.wait(wait_s) if wait_s is not None else handle.result()
+    if job_result is None:
+        raise click.ClickException(
+            f"job {job_id} has not finished (status: {handle.status().value}); use --wait"
+        )
+    _print_result(job_result, output)
+    sys.exit(_exit_code(job_result))
+
+
+@main.command()
+@click.argument("job_id")
+def watch(job_id: str) -> None:
+    """Follow a job with a progress bar until it finishes."""
+    handle = _client(_settings()).get(job_id)
+    job_result = _follow(handle, None, True)
+    console.print(f"job {job_result.status.value}", markup=False)
+    sys.exit(_exit_code(job_result))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait/--no-wait", default=False, help="Wait for the retry and print the new result.")
+@output_option
+def retry(job_id: str, wait: bool, output: str) -> None:
+    """Re-run only the failed and cancelled branches of a finished job, then merge again."""
+    handle = _client(_settings()).get(job_id)
+    before = handle.result()
+    handle.retry_failed()
+    flagged = before.flagged if before else []
+    console.print(f"retrying {len(flagged)} branch(es): {', '.join(flagged) or 'none'}", markup=False)
+    if wait:
+        job_result = _follow(handle, None, console.is_terminal and output == "text")
+        _print_result(job_result, output)
+        sys.exit(_exit_code(job_result))
+
+
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job: branches not started are skipped, running ones stop at their next check."""
+    changed = _client(_settings()).get(job_id).cancel()
+    console.print("cancelling" if changed else "already being cancelled", markup=False)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--queues", "-Q", default=",".join(ALL_QUEUES), show_default=True, help="Queues to consume.")
+@click.option("--pool", "-P", default="threads", show_default=True, help="threads, prefork, gevent or solo.")
+@click.option("--concurrency", "-c", type=int, default=8, show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker for fanflow's queues (extra arguments go to `celery worker`)."""
+    sys.path.insert(0, str(Path.cwd()))
+    app = _client(_settings()).app
+    argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", loglevel, *celery_args]
+    app.worker_main(argv)

@@ -1,0 +1,75 @@
+"""Python callables the tests fan out (importable as ``tests.callables:<name>`` by every worker)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fanflow.errors import TransientError
+
+
+def echo(value: Any = None, delay: float = 0.0) -> Any:
+    """Return ``value`` after ``delay`` seconds."""
+    if delay:
+        time.sleep(delay)
+    return value
+
+
+def noop() -> None:
+    """Do nothing (benchmarks)."""
+
+
+def fail(message: str = "boom", kind: str = "RuntimeError") -> None:
+    """Raise ``kind(message)``."""
+    errors: dict[str, type[Exception]] = {
+        "RuntimeError": RuntimeError, "ValueError": ValueError, "ConnectionError": ConnectionError,
+        "TimeoutError": TimeoutError,
+    }  # fmt: skip
+    raise errors[kind](message)
+
+
+def count_calls(counter_dir: str, name: str, value: Any = None, delay: float = 0.0) -> Any:
+    """Append one line to ``counter_dir/name`` per call (to count executions), then return ``value``."""
+    with open(Path(counter_dir) / name, "a", encoding="utf-8") as file:
+        file.write(f"{os.getpid()}\n")
+    if delay:
+        time.sleep(delay)
+    return value
+
+
+def calls(counter_dir: str, name: str) -> int:
+    """How often ``count_calls`` ran for ``name``."""
+    path = Path(counter_dir) / name
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+
+def fail_unless_exists(path: str, value: Any = None) -> Any:
+    """Fail until the file ``path`` exists (lets a test make a branch succeed on retry)."""
+    if not Path(path).exists():
+        raise RuntimeError(f"{path} does not exist yet")
+    return value
+
+
+def flaky(counter_dir: str, name: str, failures: int, value: Any = None) -> Any:
+    """Raise ``TransientError`` on the first ``failures`` calls, then return ``value``."""
+    count_calls(counter_dir, name)
+    if calls(counter_dir, name) <= failures:
+        raise TransientError("temporarily unavailable", retry_after_s=0.01)
+    return value
+
+
+def entities(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the given entity records (key-merge tests)."""
+    return items
+
+
+def not_json() -> Any:
+    """Return something JSON cannot carry."""
+    return {1, 2, 3}
+
+
+def join_keys(outcomes: list[Any], context: Any = None, separator: str = "+") -> str:
+    """A custom merge: the branch keys joined, prefixed with the context."""
+    return f"{context}:" + separator.join(outcome.key for outcome in outcomes)
