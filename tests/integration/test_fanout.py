@@ -157,11 +157,11 @@ def test_invalid_specs_enqueue_nothing(client: Client) -> None:
     with pytest.raises(SpecError) as missing_module:
         client.submit(fanout(branch("a"), Subtask(key="b", run=PyCall(function="tests.nowhere:fn"))))
     assert missing_module.value.field == "subtasks.1.run.function"
-    with pytest.raises(SpecError, match="subtasks.0.run.kind"):
+    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.kind"):
         client.submit(
             {"name": "x", "subtasks": [{"key": "a", "run": {"kind": "llm", "model": "a:b", "prompt": "p"}}]}
         )
-    with pytest.raises(SpecError, match="subtasks.0.timeout_s"):
+    with pytest.raises(SpecError, match=r"subtasks\.0\.timeout_s"):
         client.submit(fanout(branch("a", sub={"timeout_s": 10**7})))
     with pytest.raises(SpecError, match="duplicate key"):
         client.submit({"name": "x", "subtasks": [branch("a").model_dump(), branch("a").model_dump()]})
@@ -171,8 +171,9 @@ def test_invalid_specs_enqueue_nothing(client: Client) -> None:
 
 def test_transient_errors_are_retried_with_backoff(client: Client, tmp_path: Path) -> None:
     retry = {"attempts": 3, "backoff_s": 0.01}
+    counter = str(tmp_path)
     spec = fanout(
-        branch("flaky", "flaky", counter_dir=str(tmp_path), name="f", failures=2, value="ok", sub={"retry": retry}),
+        branch("flaky", "flaky", counter_dir=counter, name="f", failures=2, value="ok", sub={"retry": retry}),
         branch("hopeless", "fail", kind="ConnectionError", sub={"retry": retry}),
         branch("fatal", "fail", kind="ValueError", sub={"retry": retry}),
         failure={"policy": "best_effort"},
