@@ -123,7 +123,8 @@ def _print_result(result: JobResult, output: str) -> None:
         )
     if result.error:
         summary += f"\n{result.error.type}: {result.error.message}"
-    console.print(summary, style="green" if result.status is JobStatus.SUCCEEDED else "yellow", markup=False)
+    style = "green" if result.status is JobStatus.SUCCEEDED else "yellow"
+    console.print(summary, style=style, markup=False, soft_wrap=True)
 
 
 def _exit_code(result: JobResult) -> int:
@@ -141,10 +142,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (SpecError, ConfigError) as exc:
-            console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
             sys.exit(2)
         except FanflowError as exc:
-            console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+            console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -289,3 +290,7 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args:
     app = _client(_settings()).app
     argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", loglevel, *celery_args]
     app.worker_main(argv)
+
+
+if __name__ == "__main__":
+    main()

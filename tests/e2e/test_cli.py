@@ -1,0 +1,73 @@
+"""The command line as a newcomer uses it: `fanflow run` on the embedded Redis, errors, --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fanflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fanflow.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_run_example_on_the_embedded_redis_prints_the_job_result() -> None:
+    done = fanflow("run", "examples/wordcount.yaml", "--output", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "partial"
+    assert list(result["merged"]) == ["celery", "redis", "fanout"]
+    assert result["flagged"] == ["missing"]
+    missing = next(o for o in result["outcomes"] if o["key"] == "missing")
+    assert missing["error"]["type"] == "FileNotFoundError"
+    assert "embedded Redis" in done.stderr
+
+
+def test_run_text_output_shows_the_table_and_how_to_retry() -> None:
+    done = fanflow("run", "examples/summary.yaml")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["files"] == 3
+    assert "flagged: absent" in done.stderr and "fanflow retry" in done.stderr
+
+
+def test_a_bad_spec_is_one_line_naming_the_field_and_exit_2(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: x\nsubtasks:\n  - {key: a, run: {kind: python, function: 'no colon'}, retyr: 2}\n")
+    done = fanflow("run", str(spec))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "subtasks.0.run.function" in lines[0] and "subtasks.0.retyr" in lines[0]
+    missing = fanflow("run", str(tmp_path / "absent.yaml"))
+    assert missing.returncode == 2 and "cannot read spec file" in missing.stderr
+
+
+def test_commands_that_need_a_broker_say_how_to_configure_one() -> None:
+    done = fanflow("status", "some-job")
+    assert done.returncode == 1
+    assert "FANFLOW_BROKER_URL" in done.stderr
+
+
+def test_help_reads_well() -> None:
+    done = fanflow("--help")
+    assert done.returncode == 0
+    for command in ("run", "submit", "status", "result", "retry", "cancel", "watch", "worker"):
+        assert command in done.stdout
+    assert "Examples:" in done.stdout
