@@ -26,6 +26,15 @@ ALL_QUEUES = [*QUEUES.values(), CONTROL_QUEUE]
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings derived from fanflow's; every reliability default in one place."""
     transport = {"visibility_timeout": settings.visibility_timeout_s}
+    # kombu's Redis transport gives a dead worker's unacked messages back only when a live worker
+    # sweeps for them: every unacked_restore_interval seconds, scanning on every Nth sweep only
+    # (unacked_restore_throttle, default 10), i.e. about every 100 s. Sweep often enough that a
+    # crashed worker's branches come back soon after the visibility timeout; a sweep is one query.
+    broker_transport = {
+        **transport,
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 5)),
+        "unacked_restore_throttle": 1,
+    }
     return {
         # JSON only, everywhere: no pickle can reach a worker.
         "task_serializer": "json",
@@ -38,7 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         # Must match in broker and backend and exceed every branch timeout (kombu#337).
-        "broker_transport_options": transport,
+        "broker_transport_options": broker_transport,
         "result_backend_transport_options": transport,
         # Chord keys are re-expired on every part; results live in the job store anyway.
         "result_expires": settings.result_ttl_s,
