@@ -45,20 +45,35 @@ class BranchRunner:
         self._jobs: OrderedDict[str, StoredJob] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
 
     def job(self, job_id: str) -> StoredJob:
-        """The job's stored spec, read from Redis once per job and cached (specs never change)."""
+        """The job's stored spec, read from Redis once per job and cached (specs never change).
+
+        When a fan-out starts, every thread of the worker misses the cache at once: one of them
+        loads the spec (GET + validation of every subtask), the others wait for it.
+        """
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None:
                 self._jobs.move_to_end(job_id)
                 return job
-        job = self.store.load_job(job_id)
-        with self._lock:
-            self._jobs[job_id] = job
-            while len(self._jobs) > self._cache_size:
-                self._jobs.popitem(last=False)
-        return job
+            gate = self._loading.setdefault(job_id, threading.Lock())
+        with gate:
+            with self._lock:
+                job = self._jobs.get(job_id)
+            if job is not None:
+                return job
+            try:
+                job = self.store.load_job(job_id)
+            finally:
+                with self._lock:
+                    self._loading.pop(job_id, None)
+            with self._lock:
+                self._jobs[job_id] = job
+                while len(self._jobs) > self._cache_size:
+                    self._jobs.popitem(last=False)
+            return job
 
     def run(self, job_id: str, key: str, round_: int, *, worker: str | None = None) -> str:
         """Run one delivery of a branch and return its status (or ``WAIT`` / why it did not run)."""

@@ -8,6 +8,7 @@ the field instead of a silently ignored setting. ``validate_fanout`` / ``load_sp
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -298,12 +299,13 @@ class FanOut(_Spec):
             )
         return self
 
+    @cached_property
+    def _by_key(self) -> dict[str, Subtask]:
+        return {subtask.key: subtask for subtask in self.subtasks}
+
     def subtask(self, key: str) -> Subtask:
-        """The subtask with this key (``KeyError`` if none)."""
-        for subtask in self.subtasks:
-            if subtask.key == key:
-                return subtask
-        raise KeyError(key)
+        """The subtask with this key (``KeyError`` if none); a dict lookup, so O(1) per branch."""
+        return self._by_key[key]
 
 
 def format_validation_error(error: ValidationError, *, source: str | None = None) -> str:
