@@ -13,6 +13,7 @@ from fanflow.config import Settings
 from fanflow.errors import ConfigError
 from fanflow.store import JobStore
 from fanflow.tasks import register_tasks
+from fanflow.transport import transport_for
 
 __all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "store_of"]
 
@@ -47,6 +48,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.prefetch_multiplier,
         # Must match in broker and backend and exceed every branch timeout (kombu#337).
+        "broker_transport": transport_for(settings.broker_url_value),
         "broker_transport_options": broker_transport,
         "result_backend_transport_options": transport,
         # Chord keys are re-expired on every part; results live in the job store anyway.
@@ -75,7 +77,10 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
             "or use `fanflow run`, which starts an embedded Redis"
         )
     app = Celery(
-        main, broker=broker, backend=backend_url(settings.result_backend_value), set_as_current=False
+        main,
+        broker=broker,
+        backend=backend_url(settings.result_backend_value),
+        set_as_current=False,
     )
     app.conf.update(celery_config(settings))
     store = JobStore.from_url(store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s)
