@@ -7,6 +7,7 @@ atomic (begin a branch, record an outcome, open a retry round) are Lua scripts i
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -97,6 +98,21 @@ class JobStore:
         self._begin = client.register_script(_script("begin_branch"))
         self._record = client.register_script(_script("record_outcome"))
         self._start_round = client.register_script(_script("start_round"))
+        self._local = threading.local()
+
+    @property
+    def _branch_client(self) -> redis.Redis:
+        """This thread's own connection, for the two commands every branch sends.
+
+        Taking a connection from the shared pool and giving it back costs more CPU than the command
+        itself; a worker thread runs one branch at a time, so it can keep one connection.
+        """
+        client: redis.Redis | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = redis.Redis(
+                connection_pool=self.client.connection_pool, single_connection_client=True
+            )
+        return client
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "fanflow", ttl_s: int = 7 * 24 * 3600) -> JobStore:
@@ -177,6 +193,7 @@ class JobStore:
         keys = self.keys(job_id)
         verdict, deliveries = self._begin(
             keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.running, keys.events],
+            client=self._branch_client,
             args=[
                 key,
                 round_,
@@ -196,6 +213,7 @@ class JobStore:
         error = f"{outcome.key}: {outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         recorded = self._record(
             keys=[keys.meta, keys.rounds, keys.outcomes, keys.running, keys.events, keys.cancel],
+            client=self._branch_client,
             args=[
                 outcome.key, outcome.round, outcome.model_dump_json(), outcome.status.value,
                 "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000],
