@@ -8,7 +8,6 @@ the field instead of a silently ignored setting. ``validate_fanout`` / ``load_sp
 from __future__ import annotations
 
 import json
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -299,13 +298,15 @@ class FanOut(_Spec):
             )
         return self
 
-    @cached_property
-    def _by_key(self) -> dict[str, Subtask]:
-        return {subtask.key: subtask for subtask in self.subtasks}
-
     def subtask(self, key: str) -> Subtask:
         """The subtask with this key (``KeyError`` if none); a dict lookup, so O(1) per branch."""
-        return self._by_key[key]
+        # The index is tied to the very list it was built from, so a model_copy with other
+        # subtasks never answers from a stale index.
+        cached = self.__dict__.get("_subtask_index")
+        if cached is None or cached[0] is not self.subtasks:
+            cached = (self.subtasks, {subtask.key: subtask for subtask in self.subtasks})
+            self.__dict__["_subtask_index"] = cached
+        return cached[1][key]
 
 
 def format_validation_error(error: ValidationError, *, source: str | None = None) -> str:
