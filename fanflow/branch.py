@@ -90,7 +90,7 @@ class BranchRunner:
         if verdict.verdict == "run":
             outcome = self._execute(job_id, job, subtask, round_, worker)
         elif verdict.verdict == "cancelled":
-            outcome = self._cancelled(job_id, key, round_)
+            outcome = _cancelled(key, round_, verdict.cancel_reason)
         elif verdict.verdict == "capped":
             error = DeliveryCapError(
                 f"delivered {verdict.deliveries} times (cap {self.delivery_cap}): its worker kept dying"
@@ -102,14 +102,6 @@ class BranchRunner:
             job_id, outcome, cancel_on_failure=isinstance(job.spec.failure, AllOrNothing)
         )
         return outcome.status.value
-
-    def _cancelled(self, job_id: str, key: str, round_: int, attempts: int = 0) -> SubtaskOutcome:
-        reason = self.store.cancel_reason(job_id) or "user"
-        why = "a sibling failed under all_or_nothing" if reason == "failure" else "the job was cancelled"
-        return SubtaskOutcome(
-            key=key, status=OutcomeStatus.CANCELLED, round=round_, attempts=attempts, finished_at=time.time(),
-            error=ErrorInfo(type="Cancelled", message=f"stopped: {why}", retryable=True),
-        )  # fmt: skip
 
     def _execute(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
@@ -132,12 +124,21 @@ class BranchRunner:
                 delay = _retry_delay(error, policy, attempt)
                 deadline = job.deadline_at
                 if deadline is None or time.time() + delay < deadline:
-                    if self.store.cancel_reason(job_id):
-                        return self._cancelled(job_id, subtask.key, round_, attempt)
+                    reason = self.store.cancel_reason(job_id)
+                    if reason:
+                        return _cancelled(subtask.key, round_, reason, attempt)
                     time.sleep(delay)
                     continue
             return _failed(subtask.key, round_, error, attempts=attempt, usage=Usage(), started_at=started,
                            worker=worker)  # fmt: skip
+
+
+def _cancelled(key: str, round_: int, reason: str | None, attempts: int = 0) -> SubtaskOutcome:
+    why = "a sibling failed under all_or_nothing" if reason == "failure" else "the job was cancelled"
+    return SubtaskOutcome(
+        key=key, status=OutcomeStatus.CANCELLED, round=round_, attempts=attempts, finished_at=time.time(),
+        error=ErrorInfo(type="Cancelled", message=f"stopped: {why}", retryable=True),
+    )  # fmt: skip
 
 
 def _attempt(job: StoredJob, subtask: Subtask) -> Execution | Exception:

@@ -185,9 +185,12 @@ def run(
 
     fanout = load_spec(spec)  # fail on a bad spec before starting anything
     _add_import_paths(spec)
-    with _local_client(_settings(), concurrency, local_worker) as client:
+    settings = _settings()
+    with _local_client(settings, concurrency, local_worker) as client:
         handle = client.submit(fanout)
         console.print(f"[dim]job {handle.job_id}: {len(fanout.subtasks)} branches[/]")
+        if settings.configured and not local_worker:
+            console.print("[dim]waiting for workers on the configured broker (or pass --local-worker)[/]")
         result = _follow(handle, timeout, progress and output == "text" and console.is_terminal)
     _print_result(result, output)
     sys.exit(_exit_code(result))

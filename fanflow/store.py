@@ -50,6 +50,7 @@ class BranchVerdict:
 
     verdict: str
     deliveries: int
+    cancel_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ class JobStore:
     ) -> BranchVerdict:
         """Decide atomically whether this delivery of a branch should run (see ``begin_branch.lua``)."""
         keys = self.keys(job_id)
-        verdict, deliveries = self._begin(
+        reply = self._begin(
             keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.running, keys.events],
             client=self._branch_client,
             args=[
@@ -205,7 +206,8 @@ class JobStore:
                 self.ttl_s,
             ],
         )
-        return BranchVerdict(str(verdict), int(deliveries))
+        reason = str(reply[2]) if len(reply) > 2 else None
+        return BranchVerdict(str(reply[0]), int(reply[1]), reason)
 
     def record_outcome(self, job_id: str, outcome: SubtaskOutcome, *, cancel_on_failure: bool) -> bool:
         """Store a branch's outcome once per (branch, round); False for a duplicate."""

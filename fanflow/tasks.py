@@ -28,8 +28,17 @@ logger = logging.getLogger("fanflow")
 _BACKEND_ERRORS = (redis.ConnectionError, redis.TimeoutError, BackendError)
 
 
-def _backoff(retries: int) -> float:
-    return float(min(30.0, 0.5 * 2**retries) * (0.5 + random.random()))
+def _retry_later(task: Task[Any, Any], exc: Exception) -> BaseException:
+    """Redis or the broker is unreachable: deliver the same task again later rather than lose it.
+
+    Returns the exception to raise: Celery's Retry, or ``exc`` itself after 30 tries.
+    """
+    retries = task.request.retries
+    if retries >= 30:
+        return exc
+    logger.warning("fanflow: %s: backend unreachable, retry %d: %s", task.name, retries + 1, exc)
+    countdown = min(30.0, 0.5 * 2.0**retries) * (0.5 + random.random())
+    return task.retry(countdown=countdown, max_retries=None)
 
 
 def register_tasks(app: Celery, runner: BranchRunner) -> None:
@@ -42,11 +51,7 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
         try:
             status = runner.run(job_id, key, round_, worker=self.request.hostname)
         except _BACKEND_ERRORS as exc:
-            # Redis is unreachable: try the same delivery again later rather than lose the branch.
-            if self.request.retries >= 30:
-                raise
-            logger.warning("fanflow: job store unreachable for %s/%s, retrying: %s", job_id, key, exc)
-            raise self.retry(countdown=_backoff(self.request.retries), max_retries=None) from exc
+            raise _retry_later(self, exc) from exc
         except Exception as exc:
             logger.exception("fanflow: internal error in branch %s/%s", job_id, key)
             return _record_internal_error(runner, job_id, key, round_, exc)
@@ -61,9 +66,7 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
         try:
             return finalize_job(store, job_id, round_).status.value
         except _BACKEND_ERRORS as exc:
-            if self.request.retries >= 30:
-                raise
-            raise self.retry(countdown=_backoff(self.request.retries), max_retries=None) from exc
+            raise _retry_later(self, exc) from exc
         except Exception as exc:
             logger.exception("fanflow: internal error merging job %s", job_id)
             _save_internal_error(runner, job_id, round_, exc)

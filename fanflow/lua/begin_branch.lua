@@ -4,7 +4,7 @@
 -- ARGV[1] branch key       ARGV[2] round           ARGV[3] delivery cap
 -- ARGV[4] now (seconds)    ARGV[5] max concurrency (0 = unlimited)
 -- ARGV[6] lease ttl (s)    ARGV[7] events maxlen   ARGV[8] key ttl (s)
--- Returns {verdict, deliveries}; verdict is one of
+-- Returns {verdict, deliveries[, cancel reason]}; verdict is one of
 --   run | missing (job unknown or expired) | stale (an older round) | done (already recorded)
 --   cancelled | wait (max_concurrency reached; not counted as a delivery) | capped (too many deliveries)
 local key, round = ARGV[1], tonumber(ARGV[2])
@@ -13,7 +13,8 @@ local current = tonumber(redis.call('HGET', KEYS[1], 'round') or '0')
 if round < current then return {'stale', 0} end
 local recorded = redis.call('HGET', KEYS[2], key)
 if recorded and tonumber(recorded) >= round then return {'done', 0} end
-if redis.call('EXISTS', KEYS[4]) == 1 then return {'cancelled', 0} end
+local reason = redis.call('GET', KEYS[4])
+if reason then return {'cancelled', 0, reason} end
 local now = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 if limit > 0 then
