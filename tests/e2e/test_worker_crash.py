@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 BRANCHES = 24
 DELAY_S = 1.0
 VISIBILITY_TIMEOUT_S = 10
+CONCURRENCY = 4  # threads per worker
 #: How long the job may take after the kill: the visibility timeout plus ample slack.
 WAIT_S = 90
 
@@ -61,10 +62,19 @@ def _started_by(counter_dir: Path, pid: int) -> set[str]:
 def _kill_once_running(
     victim: WorkerProcess, handle: JobHandle, counter_dir: Path, timeout: float
 ) -> set[str]:
-    """SIGKILL ``victim`` as soon as it runs a branch; return the keys it had started by then."""
+    """SIGKILL ``victim`` once all its threads run a branch; return the keys it had started by then.
+
+    With every thread busy its prefetch slots are full, so it is not between kombu's BRPOP and the
+    unacked bookkeeping: a kill there loses the message in flight, a known gap of kombu's Redis
+    transport that this test is not about. If not all threads get busy soon, kill anyway.
+    """
     deadline = time.monotonic() + timeout
+    first_seen: float | None = None
     while time.monotonic() < deadline:
-        if _started_by(counter_dir, victim.pid):
+        running = _started_by(counter_dir, victim.pid)
+        if running and first_seen is None:
+            first_seen = time.monotonic()
+        if running and (len(running) >= CONCURRENCY or time.monotonic() - (first_seen or 0) > 0.5):
             assert not handle.status().is_final, "the job finished before the worker could be killed"
             victim.kill()
             return _started_by(counter_dir, victim.pid)
@@ -78,7 +88,8 @@ def test_killed_worker_branches_are_redelivered_and_the_job_merges_once(
 ) -> None:
     """SIGKILL one of two workers mid-fan-out; the survivor finishes every branch; the merge runs once."""
     env = worker_env(e2e_redis_url, key_prefix, VISIBILITY_TIMEOUT_S)
-    victim, survivor = start_worker("w1", env=env), start_worker("w2", env=env)
+    victim = start_worker("w1", env=env, concurrency=CONCURRENCY)
+    survivor = start_worker("w2", env=env, concurrency=CONCURRENCY)
     victim.wait_ready()
     survivor.wait_ready()
     survivor_hostname = f"{survivor.name}@{socket.gethostname()}"
