@@ -6,6 +6,7 @@
     ├── SpecError              a spec is invalid; nothing was enqueued (names the field)
     ├── ConfigError            settings are missing or inconsistent
     ├── BackendError           Redis / the broker could not be reached or answered badly
+    ├── PoisonMessageError     a queue message is not a well-formed fanflow task (rejected, logged)
     ├── JobNotFoundError       no job with that id (or its results expired)
     ├── JobTimeoutError        ``wait()`` gave up before the job finished
     ├── JobFailedError         the job finished ``failed`` (raised by ``JobResult.raise_for_status``)
@@ -16,7 +17,9 @@
         ├── BranchTimeoutError the branch ran past its ``timeout_s``
         ├── DeadlineExceededError the job's ``deadline_s`` passed before the branch could finish
         ├── SuccessCriteriaError  the output did not meet the branch's ``success`` criteria
-        └── DeliveryCapError   the branch's message came back too often (its worker kept dying)
+        ├── DeliveryCapError   the branch's message came back too often (its worker kept dying)
+        └── BranchFailedError  raised by a branch task *after* its failed outcome is recorded, so
+                               Celery (and Flower) see a FAILURE with the branch's error
 
 Branch tasks never raise these to Celery: they are turned into an ``ErrorInfo`` inside the
 branch's ``SubtaskOutcome`` so that the chord always completes and the merge applies the policy.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BranchFailedError",
     "BranchTimeoutError",
     "ConfigError",
     "DeadlineExceededError",
@@ -37,6 +41,7 @@ __all__ = [
     "JobTimeoutError",
     "MergeConflictError",
     "MergeError",
+    "PoisonMessageError",
     "SpecError",
     "SuccessCriteriaError",
     "TransientError",
@@ -67,6 +72,10 @@ class ConfigError(FanflowError):
 
 class BackendError(FanflowError):
     """Redis or the broker could not be reached, or answered something unexpected."""
+
+
+class PoisonMessageError(FanflowError):
+    """A message on a fanflow queue is not a well-formed fanflow task; it is rejected, never run."""
 
 
 class JobNotFoundError(FanflowError, LookupError):
@@ -123,3 +132,11 @@ class SuccessCriteriaError(ExecutorError):
 
 class DeliveryCapError(ExecutorError):
     """The branch's message was delivered more often than the cap (its worker kept dying)."""
+
+
+class BranchFailedError(ExecutorError):
+    """A branch failed (or was cancelled); its outcome is already recorded in the job store.
+
+    Raised by the branch task only so that Celery's state and Flower show ``FAILURE`` with the
+    branch's own error; the chord's error callback still runs the merge, which reads the store.
+    """

@@ -1,7 +1,8 @@
 """Every Redis key fanflow writes, named in one place.
 
-A job's keys share the prefix ``{prefix}:job:{job_id}:`` and expire together after the
-configured result TTL, independently of Celery's own chord keys.
+A job's keys share the prefix ``{prefix}:job:{{job_id}}:`` and expire together after the
+configured result TTL, independently of Celery's own chord keys. The braces are a Redis Cluster
+hash tag: every key of one job lives in one slot, so each Lua script touches one slot.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class JobKeys:
     @classmethod
     def of(cls, prefix: str, job_id: str) -> JobKeys:
         """The keys of job ``job_id`` under ``prefix``."""
-        base = f"{prefix}:job:{job_id}:"
+        base = f"{prefix}:job:{{{job_id}}}:"
         return cls(**{name: base + name for name in cls.__slots__})
 
     def all(self) -> list[str]:
