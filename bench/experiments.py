@@ -8,15 +8,14 @@ it patches still looks as expected.
 * ``store-fanin``: no Celery chord. The header is a plain group; ``record_outcome.lua`` says which
   outcome completed the round and that branch enqueues ``fanflow.merge`` itself. Saves Celery's
   per-branch chord-join script, the chord-size keys, and the body signature in every message.
-* ``batch-publish``: publish the header through one producer inside ``Producer.batch()`` (kombu 5.7),
-  so Redis gets pipelined LPUSH/PUBLISH commands instead of a round trip per command; the first 16
-  branches are flushed at once so workers start early. Needs a plain group: implies ``store-fanin``.
+
+(``batch-publish``, pipelined publishing of the header, has landed in ``fanflow.publish``.)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["EXPERIMENTS", "apply_experiments"]
@@ -27,25 +26,26 @@ _RECORD_DONE = "redis.call('HINCRBY', KEYS[1], 'done', 1)"
 
 
 def _store_fanin() -> None:
-    from celery import Celery, group
+    from celery import Celery
 
     import fanflow.app
     import fanflow.client
     from fanflow.app import CONTROL_QUEUE
     from fanflow.branch import BranchRunner
+    from fanflow.canvas import group_id, round_parts
+    from fanflow.publish import publish_parts
     from fanflow.spec import FanOut
     from fanflow.store import EVENTS_MAXLEN, JobStore
-    from fanflow.tasks import MERGE_TASK
+    from fanflow.tasks import MERGE_TASK, SUBTASK_TASK
 
-    # --- producer: the chord's header as a plain group -------------------------------------------
-    build_chord = fanflow.client.build_fanout_chord  # type: ignore[attr-defined]
+    # --- producer: the round's header messages as plain group members, no chord body ---------------
+    def publish_group(
+        app: Celery, job_id: str, spec: FanOut, round_: int, keys: Sequence[str] | None = None
+    ) -> None:
+        parts = round_parts(job_id, spec, round_, keys)
+        publish_parts(app, SUBTASK_TASK, group_id(job_id, round_), None, parts)
 
-    def build_group(
-        app: Celery, job_id: str, spec: FanOut, round_: int, keys: list[str] | None = None
-    ) -> Any:
-        return group(list(build_chord(app, job_id, spec, round_, keys).tasks), app=app)
-
-    fanflow.client.build_fanout_chord = build_group  # type: ignore[attr-defined]
+    fanflow.client.publish_round = publish_group  # type: ignore[attr-defined]
 
     # --- job store: record_outcome returns 2 when this outcome completed the round ----------------
     original_init = JobStore.__init__
@@ -54,7 +54,8 @@ def _store_fanin() -> None:
         original_init(self, client, **kwargs)
         script = self._record.script
         script = script if isinstance(script, str) else bytes(script).decode()
-        if _RECORD_DONE not in script or not script.rstrip().endswith("return 1"):
+        # record_outcome below passes the script's keys and args itself: it knows six keys only.
+        if _RECORD_DONE not in script or not script.rstrip().endswith("return 1") or "KEYS[7]" in script:
             raise RuntimeError("store-fanin: record_outcome.lua changed; update the experiment")
         script = script.replace(_RECORD_DONE, f"local done = {_RECORD_DONE}")
         head, _, _ = script.rstrip().rpartition("return 1")
@@ -81,7 +82,6 @@ def _store_fanin() -> None:
             args=([], job_id, round_),
             queue=CONTROL_QUEUE,
             ignore_result=True,
-            argsrepr=f"(job={job_id}, round={round_})",
         )
 
     # Branches of one process share the store: each thread collects its own record_outcome replies.
@@ -126,50 +126,9 @@ def _store_fanin() -> None:
     BranchRunner.run = run  # type: ignore[method-assign]
 
 
-def _batch_publish() -> None:
-    from celery import Celery
-
-    import fanflow.client
-    from fanflow.spec import FanOut
-
-    # store-fanin has replaced build_fanout_chord with its group builder
-    build_group = fanflow.client.build_fanout_chord  # type: ignore[attr-defined]
-
-    class Batched:
-        """A group whose ``apply_async`` publishes its messages in pipelined batches.
-
-        The first ``FIRST_FLUSH`` branches are flushed at once, so workers start while the rest is built.
-        """
-
-        FIRST_FLUSH = 16
-
-        def __init__(self, app: Celery, canvas: Any) -> None:
-            self.app, self.canvas = app, canvas
-
-        def apply_async(self, **options: Any) -> None:
-            with (
-                self.app.producer_or_acquire() as producer,
-                producer.batch(max_size=1000) as batch,
-            ):
-                for count, signature in enumerate(self.canvas.tasks, 1):
-                    signature.apply_async(producer=producer, **options)
-                    if count == self.FIRST_FLUSH:
-                        batch.flush()
-
-    def build(app: Celery, job_id: str, spec: FanOut, round_: int, keys: list[str] | None = None) -> Any:
-        return Batched(app, build_group(app, job_id, spec, round_, keys))
-
-    fanflow.client.build_fanout_chord = build  # type: ignore[attr-defined]
-
-
 #: name -> (one-line description, experiments it needs first, function applying the patch)
 EXPERIMENTS: dict[str, tuple[str, tuple[str, ...], Callable[[], None]]] = {
     "store-fanin": ("no chord: the last recorded outcome enqueues the merge", (), _store_fanin),
-    "batch-publish": (
-        "publish the header in pipelined batches (implies store-fanin)",
-        ("store-fanin",),
-        _batch_publish,
-    ),
 }
 
 

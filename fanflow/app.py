@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from kombu import Queue
 
 from fanflow.backend import backend_url
 from fanflow.branch import BranchRunner
 from fanflow.config import Settings
 from fanflow.errors import ConfigError
+from fanflow.recovery import BrokerProbe, LeaseKeeper, Sweeper
 from fanflow.store import JobStore
 from fanflow.tasks import register_tasks
 from fanflow.transport import transport_for
@@ -83,12 +84,51 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
         set_as_current=False,
     )
     app.conf.update(celery_config(settings))
-    store = JobStore.from_url(store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s)
-    runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.visibility_timeout_s)
+    store = JobStore.from_url(
+        store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s,
+        max_connections=settings.store_max_connections or 64,
+    )  # fmt: skip
+    keeper = LeaseKeeper(store, lease_s=settings.lease_s)
+    runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper)
     register_tasks(app, runner)
+    app.steps["consumer"].add("fanflow.poison:PoisonGuard")  # malformed messages: rejected, never run
     app.fanflow_store = store  # type: ignore[attr-defined]
     app.fanflow_settings = settings  # type: ignore[attr-defined]
+    app.fanflow_sweeper = Sweeper(  # type: ignore[attr-defined]
+        app, runner, interval_s=settings.sweep_interval_s, grace_s=settings.redelivery_grace_s,
+        probe=_broker_probe(settings, broker_transport_options=app.conf.broker_transport_options),
+    )  # fmt: skip
+    app.steps["worker"].add(RecoveryStep)
     return app
+
+
+def _broker_probe(settings: Settings, *, broker_transport_options: dict[str, Any]) -> BrokerProbe | None:
+    broker = settings.broker_url_value
+    if broker is None or not broker.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(broker, socket_timeout=30, socket_connect_timeout=10, max_connections=4)
+    return BrokerProbe(client, queues=ALL_QUEUES, transport_options=broker_transport_options)
+
+
+class RecoveryStep(bootsteps.StartStopStep):
+    """Worker bootstep: size the job store's pool to the worker's threads; run the sweeper."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        settings: Settings = worker.app.fanflow_settings
+        if settings.store_max_connections is None:
+            # One connection per task thread, plus the heartbeat, the sweeper and the chord joins.
+            store_of(worker.app).resize_pool(int(worker.concurrency or 1) + 8)
+
+    def create(self, worker: Any) -> Sweeper:  # type: ignore[override]
+        """The sweeper this step starts, stops and terminates with the worker."""
+        sweeper: Sweeper = worker.app.fanflow_sweeper
+        sweeper.hostname = str(getattr(worker, "hostname", "") or sweeper.hostname)
+        return sweeper
 
 
 def store_of(app: Celery) -> JobStore:

@@ -8,13 +8,18 @@ merge applies the failure policy.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
 
 from fanflow.errors import (
+    BackendError,
     BranchTimeoutError,
     DeadlineExceededError,
     DeliveryCapError,
@@ -23,25 +28,72 @@ from fanflow.errors import (
     TransientError,
 )
 from fanflow.executors import Execution, execute
+from fanflow.recovery import LeaseKeeper
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
 from fanflow.spec import AllOrNothing, RetryPolicy, Subtask, SuccessCriteria
 from fanflow.store import JobStore, StoredJob
 
-__all__ = ["WAIT", "BranchRunner", "check_success", "is_retryable"]
+__all__ = ["RUNNING", "WAIT", "BranchRunner", "check_success", "is_retryable", "ride_out"]
 
 #: Returned by ``BranchRunner.run`` when ``max_concurrency`` is reached: re-queue, not a failure.
 WAIT = "wait"
+#: Returned by ``BranchRunner.run`` when another live delivery runs the branch: drop this one.
+RUNNING = "running"
 
 _ERROR_MESSAGE_LIMIT = 2000
+_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+logger = logging.getLogger("fanflow")
+
+T = TypeVar("T")
+
+
+def ride_out(call: Callable[[], T], *, patience_s: float, what: str) -> T:
+    """Run a job-store call, retrying through a Redis blip of up to ``patience_s`` seconds.
+
+    A branch whose work is done must not lose its outcome because Redis restarted; waiting in
+    place also keeps the message unacked (re-queueing through a broker that is down cannot work).
+
+    Raises:
+        BackendError: Redis stayed unreachable (or refused connections) for ``patience_s``.
+    """
+    deadline = time.monotonic() + patience_s
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except _OUTAGE_ERRORS as exc:
+            refused = "max number of clients" in str(exc)
+            if refused:
+                logger.error(
+                    "fanflow: Redis refused a connection (maxclients reached) while it %s: raise Redis's "
+                    "maxclients or lower the workers' concurrency", what,
+                )  # fmt: skip
+            if time.monotonic() + delay > deadline:
+                reason = "refused connections (maxclients reached)" if refused else f"unreachable: {exc}"
+                raise BackendError(f"Redis {reason} for {patience_s:.0f}s while it {what}") from exc
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 class BranchRunner:
     """Runs branches against a job store; one per worker process, shared by its threads."""
 
-    def __init__(self, store: JobStore, *, delivery_cap: int, lease_s: float, cache_size: int = 256) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        delivery_cap: int,
+        lease_s: float,
+        keeper: LeaseKeeper | None = None,
+        patience_s: float = 60.0,
+        cache_size: int = 256,
+    ) -> None:
         self.store = store
         self.delivery_cap = delivery_cap
         self.lease_s = lease_s
+        self.keeper = keeper or LeaseKeeper(store, lease_s=lease_s)
+        self.patience_s = patience_s
         self._jobs: OrderedDict[str, StoredJob] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -65,7 +117,7 @@ class BranchRunner:
             if job is not None:
                 return job
             try:
-                job = self.store.load_job(job_id)
+                job = self.patiently(lambda: self.store.load_job(job_id), "loaded a job's spec")
             finally:
                 with self._lock:
                     self._loading.pop(job_id, None)
@@ -75,33 +127,72 @@ class BranchRunner:
                     self._jobs.popitem(last=False)
             return job
 
-    def run(self, job_id: str, key: str, round_: int, *, worker: str | None = None) -> str:
-        """Run one delivery of a branch and return its status (or ``WAIT`` / why it did not run)."""
+    def patiently(self, call: Callable[[], T], what: str) -> T:
+        return ride_out(call, patience_s=self.patience_s, what=what)
+
+    def run(self, job_id: str, key: str, round_: int, *, worker: str | None = None) -> SubtaskOutcome | str:
+        """Run one delivery of a branch.
+
+        Returns the branch's outcome (recorded now, or earlier by another delivery), or why this
+        delivery did nothing: ``WAIT`` (re-queue it), ``RUNNING`` (a duplicate: drop it),
+        ``stale`` (an older round), ``missing`` (the job expired).
+        """
         try:
             job = self.job(job_id)
         except JobNotFoundError:
             return "missing"
         subtask = job.spec.subtask(key)
-        lease = (subtask.timeout_s or self.lease_s) + 30
-        verdict = self.store.begin_branch(
-            job_id, key, round_, delivery_cap=self.delivery_cap,
-            max_concurrency=job.spec.max_concurrency or 0, lease_s=lease,
+        token = self.keeper.new_token()
+        verdict = self.patiently(
+            lambda: self.store.begin_branch(
+                job_id, key, round_, token=token, delivery_cap=self.delivery_cap,
+                max_concurrency=job.spec.max_concurrency or 0, lease_s=self.lease_s,
+            ),
+            "began a branch",
         )  # fmt: skip
-        if verdict.verdict == "run":
-            outcome = self._execute(job_id, job, subtask, round_, worker)
-        elif verdict.verdict == "cancelled":
+        if verdict.verdict == "done":
+            stored = self.patiently(lambda: self.store.outcome(job_id, key), "read an outcome")
+            return stored if stored is not None else "done"
+        if verdict.verdict == "cancelled":
             outcome = _cancelled(key, round_, verdict.cancel_reason)
         elif verdict.verdict == "capped":
             error = DeliveryCapError(
                 f"delivered {verdict.deliveries} times (cap {self.delivery_cap}): its worker kept dying"
             )
             outcome = _failed(key, round_, error, attempts=0, usage=Usage(), started_at=None, worker=worker)
-        else:  # wait, done, stale, missing
+        elif verdict.verdict == "run":
+            self.keeper.hold(job_id, key, token)
+            try:
+                outcome = self._execute_safely(job_id, job, subtask, round_, worker)
+                self._record(job_id, job, outcome, token)
+            finally:
+                self.keeper.release(job_id, key)
+            return outcome
+        else:  # wait, running, stale, missing
             return verdict.verdict
-        self.store.record_outcome(
-            job_id, outcome, cancel_on_failure=isinstance(job.spec.failure, AllOrNothing)
+        self._record(job_id, job, outcome, token)
+        return outcome
+
+    def _record(self, job_id: str, job: StoredJob, outcome: SubtaskOutcome, token: str) -> None:
+        cancel = isinstance(job.spec.failure, AllOrNothing)
+        self.patiently(
+            lambda: self.store.record_outcome(job_id, outcome, cancel_on_failure=cancel, token=token),
+            "recorded an outcome",
         )
-        return outcome.status.value
+
+    def _execute_safely(
+        self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
+    ) -> SubtaskOutcome:
+        try:
+            return self._execute(job_id, job, subtask, round_, worker)
+        except Exception as exc:
+            logger.exception("fanflow: internal error in branch %s/%s", job_id, subtask.key)
+            return SubtaskOutcome(
+                key=subtask.key, status=OutcomeStatus.FAILED, round=round_, worker=worker,
+                error=ErrorInfo(
+                    type=type(exc).__name__, message=f"internal error: {exc}"[:2000], retryable=True
+                ),
+            )  # fmt: skip
 
     def _execute(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None

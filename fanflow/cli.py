@@ -8,9 +8,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+import redis
+from kombu.exceptions import KombuError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -19,6 +21,7 @@ from fanflow.app import ALL_QUEUES
 from fanflow.client import Client, JobHandle
 from fanflow.config import Settings
 from fanflow.errors import ConfigError, FanflowError, JobTimeoutError, SpecError
+from fanflow.outage import describe_exception, is_outage
 from fanflow.result import JobResult, JobStatus, OutcomeStatus
 
 __all__ = ["main"]
@@ -137,16 +140,26 @@ output_option = click.option(
 )  # fmt: skip
 
 
+def _error(message: str, code: int) -> NoReturn:
+    """Print one line on stderr and exit with ``code``."""
+    line = " ".join(message.split())
+    console.print(f"error: {line}", style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (SpecError, ConfigError) as exc:
-            console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _error(str(exc), 2)
         except FanflowError as exc:
-            console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-            sys.exit(1)
+            _error(str(exc), 1)
+        except (redis.RedisError, KombuError, ConnectionError) as exc:
+            # The client turns outages into BackendError; anything that still slips through is one
+            # line too, never a traceback.
+            what = "Redis or the broker is unreachable" if is_outage(exc) else "Redis or the broker failed"
+            _error(f"{what}: {describe_exception(exc)}", 1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 
 from fanflow.app import create_app, store_of
-from fanflow.canvas import build_fanout_chord
+from fanflow.canvas import publish_round, republish_branches
 from fanflow.config import Settings
 from fanflow.errors import BackendError, FanflowError, JobTimeoutError, SpecError
 from fanflow.executors import EXECUTABLE_KINDS
 from fanflow.imports import import_object
-from fanflow.result import ErrorInfo, JobResult, JobStatus
+from fanflow.keys import active_jobs_key, idempotency_key, jobs_index_key
+from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
+from fanflow.result import JobResult, JobStatus
 from fanflow.spec import CustomMerge, FanOut, PyCall, SynthesizeMerge, load_spec, validate_fanout
 from fanflow.store import JobMeta
 
 __all__ = ["Client", "JobHandle"]
 
+T = TypeVar("T")
+
 
 class Client:
     """Submits fan-outs and finds jobs again. Thread-safe; make one per process.
+
+    Every call that reaches Redis or the broker rides out an outage of up to ``outage_grace_s``
+    (``FANFLOW_OUTAGE_GRACE_S``, default 10 s) and then raises one ``BackendError`` naming what was
+    unreachable; a wrong password or an unknown job fails at once.
 
     Args:
         app: a Celery app from ``fanflow.app.create_app`` (it knows the job store).
@@ -37,6 +46,29 @@ class Client:
         self.store = store_of(app)
         self.settings: Settings = app.fanflow_settings  # type: ignore[attr-defined]
         self.check_imports = check_imports
+        settings = self.settings
+        store_at = redis_endpoint(settings.store_url_value)
+        broker_at = redis_endpoint(settings.broker_url_value)
+        # The variable the store's URL comes from (the broker's when they are the same).
+        store_variable = (
+            "FANFLOW_BROKER_URL" if settings.store_url_value == settings.broker_url_value
+            else "FANFLOW_STORE_URL" if settings.store_url is not None
+            else "FANFLOW_RESULT_BACKEND"
+        )  # fmt: skip
+        wait_longer = "or raise FANFLOW_OUTAGE_GRACE_S to wait longer"
+        #: Where the job store and the broker are, and what to check, for errors (never a password).
+        self.store_where = f"Redis at {store_at}"
+        self.store_hint = f"check that Redis is running and that {store_variable} points at it, {wait_longer}"
+        self.broker_where = f"the broker at {broker_at}"
+        self.broker_hint = f"check that it is running and that FANFLOW_BROKER_URL points at it, {wait_longer}"
+        if broker_at == store_at:
+            self.broker_where, self.broker_hint = self.store_where, self.store_hint
+        #: Retries the calls of this client and its handles through a short outage.
+        self.outage = OutageGuard(settings.outage_grace_s, self.store_where, hint=self.store_hint)
+
+    def _broker_call(self, fn: Callable[[], T], what: str, give_up: Callable[[], str] | None = None) -> T:
+        """``fn()`` (a publish) through a short outage of the broker (and of the backend it writes)."""
+        return self.outage.call(fn, what, where=self.broker_where, hint=self.broker_hint, give_up=give_up)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
@@ -48,6 +80,18 @@ class Client:
         """A client for ``settings``."""
         return cls(create_app(settings), **kwargs)
 
+    def close(self) -> None:
+        """Close this client's connections to the job store and the broker (idle ones reopen on use)."""
+        self.store.client.connection_pool.disconnect()
+        broker: Any = self.app.pool  # kombu's connection pool (typed as a producer pool in the stubs)
+        broker.force_close_all()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def submit(self, spec: FanOut | dict[str, Any] | str | Path) -> JobHandle:
         """Validate, persist and enqueue a fan-out; return at once.
 
@@ -56,22 +100,83 @@ class Client:
 
         Raises:
             SpecError: the spec is invalid (naming the field); nothing was enqueued.
-            BackendError: Redis or the broker is unreachable.
+            BackendError: Redis or the broker stayed unreachable for the outage grace, or the branches
+                could not be enqueued; what the submit wrote is withdrawn (the message says if not).
         """
         fanout = load_spec(spec) if isinstance(spec, (str, Path)) else validate_fanout(spec)
         self.check(fanout)
         job_id = uuid.uuid4().hex
-        if fanout.idempotency_key is not None:
-            existing = self.store.claim_idempotency_key(fanout.idempotency_key, job_id)
-            if existing is not None:
-                return JobHandle(self, existing)
-        self.store.create_job(job_id, fanout)
+        idempotency = fanout.idempotency_key
+
+        def claim() -> str | None:
+            assert idempotency is not None
+            existing = self.store.claim_idempotency_key(idempotency, job_id)
+            # A retried claim finds its own earlier SET whose reply was lost: the key is ours.
+            return None if existing == job_id else existing
+
+        attempts = 0
+
+        def publish() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                publish_round(self.app, job_id, fanout, 0)
+            else:  # the chord size is set: setting it again could let a fired chord fire twice
+                republish_branches(self.app, job_id, fanout, 0, None, [s.key for s in fanout.subtasks])
+
+        withdrawn: bool | None = None
+        created = False
+
+        def withdraw() -> str:
+            nonlocal withdrawn
+            withdrawn = self._withdraw(job_id, idempotency)
+            if withdrawn or not created:
+                return "nothing was submitted"
+            return (
+                f"job {job_id} may be left half-submitted: once Redis answers, cancel it "
+                f"(`fanflow cancel {job_id}`)"
+            )
+
+        # Each step is retried through an outage: the claim and create_job are idempotent for one
+        # job id, and publishing a round again sends the same task ids, which its chord counts once.
         try:
-            build_fanout_chord(self.app, job_id, fanout, 0).apply_async()
+            if idempotency is not None:
+                what = f"submitting job {job_id} (idempotency key)"
+                existing = self.outage.call(claim, what, give_up=withdraw)
+                if existing is not None:
+                    return JobHandle(self, existing)
+            create = functools.partial(self.store.create_job, job_id, fanout)
+            self.outage.call(create, f"submitting job {job_id}", give_up=withdraw)
+            created = True
+            self._broker_call(publish, f"enqueuing job {job_id}", give_up=withdraw)
         except Exception as exc:
-            self._fail_unsent(job_id, fanout, exc)
-            raise BackendError(f"could not enqueue job {job_id}: {exc}") from exc
+            if withdrawn is not None:  # an outage: the BackendError says it all
+                raise
+            note = withdraw()
+            raise BackendError(f"could not submit job {job_id}: {describe_exception(exc)}; {note}") from exc
         return JobHandle(self, job_id)
+
+    def _withdraw(self, job_id: str, idempotency: str | None) -> bool:
+        """Delete whatever a failed submit of ``job_id`` wrote, in one transaction; False if Redis refused.
+
+        Branch messages that did reach the broker find no job and do not run. One attempt: the
+        outage grace is spent by then.
+        """
+        # (A JobStore method would be the better owner of this; it names the store's own keys.)
+        store = self.store
+        try:
+            with store.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*store.keys(job_id).all())
+                pipe.zrem(jobs_index_key(store.prefix), job_id)
+                pipe.zrem(active_jobs_key(store.prefix), job_id)
+                pipe.execute()
+                if idempotency is not None:
+                    name = idempotency_key(store.prefix, idempotency)
+                    if store.client.get(name) == job_id:
+                        store.client.delete(name)
+        except Exception:  # noqa: BLE001 - the caller reports the failure that made it withdraw
+            return False
+        return True
 
     def check(self, spec: FanOut) -> None:
         """Checks that need this deployment (not just the spec): executors, imports, timeouts.
@@ -79,7 +184,6 @@ class Client:
         Raises:
             SpecError: naming the field.
         """
-        limit = self.settings.visibility_timeout_s
         for index, subtask in enumerate(spec.subtasks):
             where = f"subtasks.{index}"
             if subtask.run.kind not in EXECUTABLE_KINDS:
@@ -90,13 +194,6 @@ class Client:
                 )
             if isinstance(subtask.run, PyCall):
                 self._check_import(subtask.run.function, f"{where}.run.function")
-            if subtask.timeout_s is not None and subtask.timeout_s >= limit:
-                raise SpecError(
-                    f"{where}.timeout_s: {subtask.timeout_s}s is not below the visibility timeout "
-                    f"({limit}s); "
-                    "raise FANFLOW_VISIBILITY_TIMEOUT_S or the branch would be delivered twice",
-                    field=f"{where}.timeout_s",
-                )
         if isinstance(spec.merge, SynthesizeMerge):
             raise SpecError(
                 "merge.strategy: 'synthesize' validates but needs the llm executor, which this version lacks",
@@ -115,23 +212,14 @@ class Client:
         if not callable(target):
             raise SpecError(f"{field}: {path!r} is not callable", field=field)
 
-    def _fail_unsent(self, job_id: str, spec: FanOut, exc: Exception) -> None:
-        with contextlib.suppress(FanflowError):  # the store is down too; the caller gets the BackendError
-            self.store.save_result(
-                job_id,
-                JobResult(
-                    job_id=job_id, name=spec.name, status=JobStatus.FAILED, outcomes=[],
-                    error=ErrorInfo(type="EnqueueError", message=f"branches could not be enqueued: {exc}"),
-                ),
-            )  # fmt: skip
-
     def get(self, job_id: str) -> JobHandle:
         """A handle on an existing job (from any process).
 
         Raises:
             JobNotFoundError: unknown or expired job.
+            BackendError: Redis stayed unreachable for the outage grace.
         """
-        self.store.meta(job_id)
+        self.outage.call(lambda: self.store.meta(job_id), f"job {job_id}: reading it")
         return JobHandle(self, job_id)
 
 
@@ -145,38 +233,62 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"JobHandle({self.job_id!r})"
 
+    def _call(self, fn: Callable[[], T], what: str, *, until: float | None = None) -> T:
+        """``fn()`` through a short Redis outage (the client's grace), else one-line BackendError."""
+        return self.client.outage.call(fn, f"job {self.job_id}: {what}", until=until)
+
+    def _meta_and_result(self) -> tuple[JobMeta, JobResult | None]:
+        """One read of the job's state and, if it (and its latest retry round) finished, its result."""
+        store = self.client.store
+        meta = store.meta(self.job_id)
+        if not meta.status.is_final:
+            return meta, None
+        result = store.result(self.job_id)
+        return meta, result if result is not None and result.round >= meta.round else None
+
     def progress(self) -> JobMeta:
-        """Live state: status, round, branches done / failed of the current round."""
-        return self.client.store.meta(self.job_id)
+        """Live state: status, round, branches done / failed of the current round.
+
+        Raises:
+            JobNotFoundError: unknown or expired job.
+            BackendError: Redis stayed unreachable for the outage grace.
+        """
+        return self._call(lambda: self.client.store.meta(self.job_id), "reading its progress")
 
     def status(self) -> JobStatus:
-        """The job's status now."""
+        """The job's status now (raises like ``progress``)."""
         return self.progress().status
 
     def result(self) -> JobResult | None:
-        """The result if the job (and its latest retry round) has finished, else None."""
-        meta = self.progress()
-        if not meta.status.is_final:
-            return None
-        result = self.client.store.result(self.job_id)
-        return result if result is not None and result.round >= meta.round else None
+        """The result if the job (and its latest retry round) has finished, else None.
+
+        Raises:
+            BackendError: Redis stayed unreachable for the outage grace.
+        """
+        return self._call(self._meta_and_result, "reading its result")[1]
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """Block until the job finishes and return its result (does not raise for a failed job).
 
+        A Redis outage shorter than the client's grace is ridden out; a longer one raises (also
+        with ``timeout=None``: waiting never hangs on a Redis that is gone).
+
         Raises:
             JobTimeoutError: ``timeout`` seconds passed first.
+            BackendError: Redis stayed unreachable for the outage grace (or until ``timeout``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        store = self.client.store
         last = "0-0"
         while True:
-            result = self.result()
+            result = self._call(self._meta_and_result, "waiting for it", until=deadline)[1]
             if result is not None:
                 return result
             remaining = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
             if remaining <= 0:
                 raise JobTimeoutError(f"job {self.job_id} did not finish within {timeout}s")
-            seen = self.client.store.wait_final(self.job_id, last, int(remaining * 1000))
+            read = functools.partial(store.wait_final, self.job_id, last, int(remaining * 1000))
+            seen = self._call(read, "waiting for it", until=deadline)
             if seen is not None:
                 last = seen
 
@@ -184,26 +296,51 @@ class JobHandle:
         """Cancel the job: branches not yet started are cancelled, running ones stop at the next check.
 
         Returns False if it was already being cancelled.
+
+        Raises:
+            JobNotFoundError: unknown or expired job.
+            BackendError: Redis stayed unreachable for the outage grace.
         """
-        return self.client.store.cancel(self.job_id, "user")
+        return self._call(lambda: self.client.store.cancel(self.job_id, "user"), "cancelling it")
 
     def retry_failed(self) -> JobHandle:
         """Re-run only the failed and cancelled branches (a new small chord), then merge again.
 
         Raises:
             FanflowError: the job has not finished, or another retry started first.
+            BackendError: Redis or the broker stayed unreachable for the outage grace.
         """
         store = self.client.store
-        meta = store.meta(self.job_id)
-        result = self.result()
+        meta, result = self._call(self._meta_and_result, "reading its result")
         if result is None:
             raise FanflowError(f"job {self.job_id} has not finished; wait for it before retrying")
         keys = [o.key for o in result.outcomes if not o.succeeded]
         if not keys:
             return self
-        job = store.load_job(self.job_id)
+        job = self._call(lambda: store.load_job(self.job_id), "reading its spec")
         new_round = meta.round + 1
-        if not store.start_round(self.job_id, new_round, len(keys)):
+        tries = 0
+
+        def open_round() -> bool:
+            nonlocal tries
+            tries += 1
+            if store.start_round(self.job_id, new_round, keys):
+                return True
+            # A try that failed in an outage may have opened the round before its reply was lost.
+            now = store.meta(self.job_id) if tries > 1 else None
+            return now is not None and now.round == new_round and not now.status.is_final
+
+        def publish() -> None:
+            publish_round(self.client.app, self.job_id, job.spec, new_round, keys)
+
+        if not self._call(open_round, f"opening retry round {new_round}"):
             raise FanflowError(f"job {self.job_id} is already being retried")
-        build_fanout_chord(self.client.app, self.job_id, job.spec, new_round, keys).apply_async()
+        try:
+            # Publishing the round again sends the same task ids, which its chord counts once.
+            self.client._broker_call(publish, f"job {self.job_id}: enqueuing retry round {new_round}")
+        except BackendError as exc:
+            raise BackendError(
+                f"{exc}; retry round {new_round} is open but not all of its branches may be enqueued: "
+                f"check `fanflow status {self.job_id}` once Redis answers"
+            ) from exc
         return self

@@ -36,6 +36,22 @@ class Settings(BaseSettings):
     prefetch_multiplier: int = Field(1, ge=1)
     task_events: bool = Field(True, description="send task events so Flower sees every task")
     soft_shutdown_timeout_s: float = Field(30.0, ge=0)
+    outage_grace_s: float = Field(
+        10.0, ge=0, description="how long producers and the CLI retry through a Redis outage before "
+        "they fail with a BackendError",
+    )  # fmt: skip
+    lease_s: float = Field(
+        30.0, ge=3, description="a running branch's lease, renewed by its worker every lease_s/6 seconds; "
+        "a dead worker's branches are delivered again once it lapses",
+    )  # fmt: skip
+    sweep_interval_s: float = Field(5.0, gt=0, description="how often a worker sweeps for lapsed leases")
+    redelivery_grace_s: float = Field(
+        15.0, gt=0, description="how long a stalled job's unstarted branch waits before its message is "
+        "looked for in the broker (and sent again if it was lost)",
+    )  # fmt: skip
+    store_max_connections: int | None = Field(
+        None, ge=2, description="job-store connections per process (default: the worker's concurrency + 8)"
+    )
 
     @model_validator(mode="after")
     def _store_must_be_redis(self) -> Settings:

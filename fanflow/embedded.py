@@ -2,7 +2,8 @@
 
 Same code path as production (a real broker, a real worker consuming real messages), only local:
 Redis listens on 127.0.0.1 on a free port with a random password, keeps nothing on disk, and is
-stopped and its directory removed on exit.
+stopped and its directory removed on exit. Tests of Redis outages turn on the append-only file and
+``restart()`` the same server (same port, password and data) after a pause.
 """
 
 from __future__ import annotations
@@ -57,12 +58,29 @@ def _free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A private ``redis-server`` process for the lifetime of a ``with`` block."""
+    """A private ``redis-server`` process for the lifetime of a ``with`` block.
 
-    def __init__(self, *, binary: str | None = None) -> None:
+    Args:
+        binary: the ``redis-server`` to run (default: ``redis_server_binary()``).
+        appendonly: keep the data in an append-only file in the server's directory, fsynced on
+            every write (``appendfsync always``), so that ``restart()`` brings every key back.
+        port: a fixed port (default: a free one, chosen at the first start).
+        password: a fixed password (default: a random one).
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: str | None = None,
+        appendonly: bool = False,
+        port: int | None = None,
+        password: str | None = None,
+    ) -> None:
         self.binary = binary or redis_server_binary()
-        self.password = secrets.token_hex(16)
-        self.port = 0
+        self.password = password or secrets.token_hex(16)
+        self.port = port or 0
+        self.appendonly = appendonly
+        self._fixed_port = port is not None
         self._dir: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -71,31 +89,55 @@ class EmbeddedRedis:
         """``redis://`` URL of the running server (holds the password: do not print it)."""
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
+    @property
+    def directory(self) -> str | None:
+        """The server's directory (config, log, append-only file) while it exists."""
+        return self._dir
+
+    @property
+    def running(self) -> bool:
+        """True while the server process runs."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers.
 
+        After ``stop(keep_data=True)`` it starts again on the same port, with the same password and
+        directory (and, with ``appendonly``, the same data).
+
         Raises:
-            BackendError: it did not start in time.
+            BackendError: it did not start in time (or its fixed port is taken).
         """
-        self._dir = tempfile.mkdtemp(prefix="fanflow-redis-")
-        for _ in range(5):  # the chosen free port may be taken in between: try another one
-            self.port = _free_port()
+        if self.running:
+            return self
+        # After stop(keep_data=True) the port stays too: clients reconnect to the same address.
+        fixed = self._fixed_port or (self._dir is not None and self.port != 0)
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="fanflow-redis-")
+        for _ in range(1 if fixed else 5):  # a free port may be taken in between: try another one
+            if not fixed:
+                self.port = _free_port()
             config = Path(self._dir) / "redis.conf"
             # The password goes in a private file, not on the command line where `ps` shows it.
-            config.write_text(
-                f'port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\nsave ""\n'
-                f"appendonly no\nmaxmemory-policy noeviction\ndir {self._dir}\nloglevel warning\n"
-                f"logfile {self._dir}/redis.log\n",
-                encoding="utf-8",
-            )
+            config.write_text(self._config(self._dir), encoding="utf-8")
             os.chmod(config, 0o600)
             self._process = subprocess.Popen([self.binary, str(config)], stdin=subprocess.DEVNULL)
             if self._wait_ready(timeout):
                 return self
             self._process.kill()
             self._process.wait()
-        self.stop()
-        raise BackendError(f"the embedded redis-server did not start (see {self._dir}/redis.log)")
+        log = f"{self._dir}/redis.log"
+        self.stop(keep_data=fixed)
+        raise BackendError(f"the embedded redis-server did not start on port {self.port} (see {log})")
+
+    def _config(self, directory: str) -> str:
+        persistence = "appendonly no\n"
+        if self.appendonly:
+            persistence = "appendonly yes\nappendfsync always\nappendfilename appendonly.aof\n"
+        return (
+            f'port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\nsave ""\n{persistence}'
+            f"maxmemory-policy noeviction\ndir {directory}\nloglevel warning\nlogfile {directory}/redis.log\n"
+        )
 
     def _wait_ready(self, timeout: float) -> bool:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
@@ -113,8 +155,12 @@ class EmbeddedRedis:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        """Stop the server and remove its directory."""
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s) and remove its directory.
+
+        With ``keep_data`` the directory (and its append-only file) stays, and ``start()`` brings
+        the same server back on the same port.
+        """
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
@@ -123,9 +169,21 @@ class EmbeddedRedis:
                 self._process.kill()
                 self._process.wait()
         self._process = None
-        if self._dir is not None:
+        if not keep_data and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+    def restart(self, down_s: float = 0.0, timeout: float = 10.0) -> EmbeddedRedis:
+        """Stop the server, stay down for ``down_s`` seconds, start it again on the same port.
+
+        Same password and directory: with ``appendonly`` every acknowledged write survives.
+
+        Raises:
+            BackendError: it did not start again in time.
+        """
+        self.stop(keep_data=True)
+        time.sleep(down_s)
+        return self.start(timeout)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["JobKeys", "idempotency_key", "jobs_index_key"]
+__all__ = ["JobKeys", "active_jobs_key", "idempotency_key", "jobs_index_key", "sweeper_lock_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +21,13 @@ class JobKeys:
         spec: string — the ``FanOut`` as JSON (workers read it once per job and cache it).
         outcomes: hash — branch key → latest ``SubtaskOutcome`` JSON.
         rounds: hash — branch key → round of that latest outcome (makes writes idempotent).
-        deliveries: hash — ``key:round`` → how often the branch's message was delivered.
-        running: sorted set — branch key → lease expiry, for ``max_concurrency``.
+        deliveries: hash — ``key:round`` → how often the branch began running in that round.
+        leases: sorted set — branch key (or ``#merge``) → lease expiry in ms of Redis server time.
+            A running branch's worker renews its lease (heartbeat); a lapsed lease means its
+            worker died, and the sweeper delivers the branch again. Also counts ``max_concurrency``.
+        owners: hash — branch key (or ``#merge``) → token of the delivery holding the lease.
+        queued: set — branch keys of the current round that were sent but have not begun.
+        sent: hash — branch key (or ``#merge``) → when the sweeper last sent or checked it (ms).
         cancel: string — set (to the reason) when the job is being cancelled.
         events: stream — progress events (started / finished / job), for ``fanflow watch``.
         result: string — the ``JobResult`` JSON once merged.
@@ -34,7 +39,10 @@ class JobKeys:
     outcomes: str
     rounds: str
     deliveries: str
-    running: str
+    leases: str
+    owners: str
+    queued: str
+    sent: str
     cancel: str
     events: str
     result: str
@@ -59,3 +67,13 @@ def idempotency_key(prefix: str, key: str) -> str:
 def jobs_index_key(prefix: str) -> str:
     """Sorted set of job ids by creation time (for listing recent jobs)."""
     return f"{prefix}:jobs"
+
+
+def active_jobs_key(prefix: str) -> str:
+    """Sorted set of the ids of jobs with a round in progress (what the sweeper looks at)."""
+    return f"{prefix}:active"
+
+
+def sweeper_lock_key(prefix: str) -> str:
+    """Lock taken by the worker that sweeps for lapsed leases and lost messages this interval."""
+    return f"{prefix}:sweeper"

@@ -7,7 +7,7 @@ atomic (begin a branch, record an outcome, open a retry round) are Lua scripts i
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -17,13 +17,19 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from fanflow.errors import BackendError, JobNotFoundError
-from fanflow.keys import JobKeys, idempotency_key, jobs_index_key
+from fanflow.keys import JobKeys, active_jobs_key, idempotency_key, jobs_index_key
 from fanflow.result import JobResult, JobStatus, SubtaskOutcome
 from fanflow.spec import FanOut
 
-__all__ = ["BranchVerdict", "JobMeta", "JobStore", "StoredJob"]
+__all__ = ["MERGE_MEMBER", "BranchVerdict", "JobMeta", "JobStore", "StoredJob", "SweepReport"]
 
 EVENTS_MAXLEN = 20_000
+#: Connections of a process's job-store pool unless its worker sizes it (``resize_pool``).
+DEFAULT_MAX_CONNECTIONS = 64
+#: How long a thread waits for a free pooled connection before the store reports an error.
+POOL_WAIT_S = 30
+#: The member of a job's leases that stands for its merge (branch keys cannot contain ``#``).
+MERGE_MEMBER = "#merge"
 
 
 def _script(name: str) -> str:
@@ -54,6 +60,31 @@ class BranchVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What ``sweep`` found on one job.
+
+    Attributes:
+        state: ``active``, ``final`` (merged: nothing to do) or ``gone`` (expired).
+        round: the job's current round.
+        lapsed: branches whose lease lapsed (their worker died): send again now.
+        suspects: branches sent but never begun while the job stalled: send again if the broker
+            no longer holds their message.
+        merge: the round's merge must be sent again (it never ran, or its worker died).
+    """
+
+    state: str
+    round: int
+    lapsed: list[str]
+    suspects: list[str]
+    merge: bool
+
+
+def _json_list(raw: Any) -> list[str]:
+    value = json.loads(raw)
+    return [str(item) for item in value] if isinstance(value, list) else []  # cjson encodes [] as {}
+
+
+@dataclass(frozen=True, slots=True)
 class JobMeta:
     """A job's live state: status, the current round's progress, the first error."""
 
@@ -69,6 +100,7 @@ class JobMeta:
     finished_at: float | None
     first_error: str | None
     merges: int
+    poison: int = 0
 
     @classmethod
     def from_hash(cls, job_id: str, data: dict[str, str]) -> JobMeta:
@@ -86,6 +118,7 @@ class JobMeta:
             finished_at=float(data["finished_at"]) if data.get("finished_at") else None,
             first_error=data.get("first_error"),
             merges=int(data.get("merges", 0)),
+            poison=int(data.get("poison", 0)),
         )
 
 
@@ -99,30 +132,44 @@ class JobStore:
         self._begin = client.register_script(_script("begin_branch"))
         self._record = client.register_script(_script("record_outcome"))
         self._start_round = client.register_script(_script("start_round"))
-        self._local = threading.local()
-
-    @property
-    def _branch_client(self) -> redis.Redis:
-        """This thread's own connection, for the two commands every branch sends.
-
-        Taking a connection from the shared pool and giving it back costs more CPU than the command
-        itself; a worker thread runs one branch at a time, so it can keep one connection.
-        """
-        client: redis.Redis | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = redis.Redis(
-                connection_pool=self.client.connection_pool, single_connection_client=True
-            )
-        return client
+        self._begin_merge = client.register_script(_script("begin_merge"))
+        self._save_result = client.register_script(_script("save_result"))
+        self._renew = client.register_script(_script("renew_leases"))
+        self._sweep = client.register_script(_script("sweep_job"))
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "fanflow", ttl_s: int = 7 * 24 * 3600) -> JobStore:
-        """A store on the Redis at ``url``."""
-        # Blocking reads (wait, watch) block for at most a few seconds, well inside this timeout.
-        client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10
-        )
-        return cls(client, prefix=prefix, ttl_s=ttl_s)
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "fanflow",
+        ttl_s: int = 7 * 24 * 3600,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> JobStore:
+        """A store on the Redis at ``url``.
+
+        Every thread shares one pool of at most ``max_connections`` connections; a thread that finds
+        them all busy waits for one (``BlockingConnectionPool``) instead of failing with "Too many
+        connections", so a worker with hundreds of threads needs no connection per thread. Workers
+        size the pool from their concurrency (``resize_pool``).
+        """
+        pool = redis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, socket_timeout=30, socket_connect_timeout=10,
+            max_connections=max_connections, timeout=POOL_WAIT_S, health_check_interval=30,
+        )  # fmt: skip
+        return cls(redis.Redis(connection_pool=pool), prefix=prefix, ttl_s=ttl_s)
+
+    def resize_pool(self, max_connections: int) -> None:
+        """Replace the connection pool by one of ``max_connections`` (a worker, before it consumes)."""
+        old = self.client.connection_pool
+        if not isinstance(old, redis.BlockingConnectionPool) or old.max_connections == max_connections:
+            return
+        pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            connection_class=old.connection_class, max_connections=max_connections, timeout=POOL_WAIT_S,
+            **old.connection_kwargs,
+        )  # fmt: skip
+        self.client.connection_pool = pool
+        old.disconnect()
 
     def keys(self, job_id: str) -> JobKeys:
         """The Redis keys of a job."""
@@ -151,21 +198,29 @@ class JobStore:
                 mapping={
                     "name": name, "status": JobStatus.PENDING.value, "round": 0, "size": size,
                     "total": size, "done": 0, "failed": 0, "created_at": repr(now), "merges": 0,
+                    "merged_round": -1, "round_at": int(now * 1000),
                 },
             )  # fmt: skip
             pipe.expire(keys.meta, self.ttl_s)
+            for start in range(0, size, 5000):
+                pipe.sadd(keys.queued, *(s.key for s in spec.subtasks[start : start + 5000]))
+            pipe.expire(keys.queued, self.ttl_s)
             pipe.zadd(jobs_index_key(self.prefix), {job_id: now})
+            pipe.zadd(active_jobs_key(self.prefix), {job_id: now})
             pipe.xadd(keys.events, {"type": "job", "status": "pending", "round": 0}, maxlen=EVENTS_MAXLEN)
             pipe.expire(keys.events, self.ttl_s)
             self._execute(pipe)
         return job
 
-    def start_round(self, job_id: str, new_round: int, size: int) -> bool:
-        """Open retry round ``new_round`` over ``size`` branches if the job is final; False otherwise."""
+    def start_round(self, job_id: str, new_round: int, branch_keys: list[str]) -> bool:
+        """Open retry round ``new_round`` over ``branch_keys`` if the job is final; False otherwise."""
         keys = self.keys(job_id)
         opened = self._start_round(
-            keys=[keys.meta, keys.cancel, keys.result, keys.events], args=[new_round, size, EVENTS_MAXLEN]
+            keys=[keys.meta, keys.cancel, keys.result, keys.events, keys.queued, keys.sent],
+            args=[new_round, EVENTS_MAXLEN, self.ttl_s, json.dumps(branch_keys), *branch_keys],
         )
+        if opened:
+            self.client.zadd(active_jobs_key(self.prefix), {job_id: time.time()})
         return bool(opened)
 
     def cancel(self, job_id: str, reason: str = "user") -> bool:
@@ -188,40 +243,97 @@ class JobStore:
         return StoredJob.model_validate_json(raw)
 
     def begin_branch(
-        self, job_id: str, key: str, round_: int, *, delivery_cap: int, max_concurrency: int, lease_s: float
+        self,
+        job_id: str,
+        key: str,
+        round_: int,
+        *,
+        token: str,
+        delivery_cap: int,
+        max_concurrency: int,
+        lease_s: float,
     ) -> BranchVerdict:
-        """Decide atomically whether this delivery of a branch should run (see ``begin_branch.lua``)."""
+        """Decide atomically whether this delivery of a branch runs; take its lease (``begin_branch.lua``)."""
         keys = self.keys(job_id)
         reply = self._begin(
-            keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.running, keys.events],
-            client=self._branch_client,
-            args=[
-                key,
-                round_,
-                delivery_cap,
-                time.time(),
-                max_concurrency,
-                lease_s,
-                EVENTS_MAXLEN,
-                self.ttl_s,
-            ],
-        )
+            keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.leases, keys.events,
+                  keys.owners, keys.queued],
+            args=[key, round_, delivery_cap, token, max_concurrency, int(lease_s * 1000), EVENTS_MAXLEN,
+                  self.ttl_s],
+        )  # fmt: skip
         reason = str(reply[2]) if len(reply) > 2 else None
         return BranchVerdict(str(reply[0]), int(reply[1]), reason)
 
-    def record_outcome(self, job_id: str, outcome: SubtaskOutcome, *, cancel_on_failure: bool) -> bool:
-        """Store a branch's outcome once per (branch, round); False for a duplicate."""
+    def record_outcome(
+        self, job_id: str, outcome: SubtaskOutcome, *, cancel_on_failure: bool, token: str = ""
+    ) -> bool:
+        """Store a branch's outcome once per (branch, round) and drop its lease; False for a duplicate."""
         keys = self.keys(job_id)
         error = f"{outcome.key}: {outcome.error.type}: {outcome.error.message}" if outcome.error else ""
         recorded = self._record(
-            keys=[keys.meta, keys.rounds, keys.outcomes, keys.running, keys.events, keys.cancel],
-            client=self._branch_client,
+            keys=[keys.meta, keys.rounds, keys.outcomes, keys.leases, keys.events, keys.cancel,
+                  keys.owners, keys.queued],
             args=[
                 outcome.key, outcome.round, outcome.model_dump_json(), outcome.status.value,
-                "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000],
+                "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000], token,
             ],
         )  # fmt: skip
         return bool(recorded)
+
+    def outcome(self, job_id: str, key: str) -> SubtaskOutcome | None:
+        """One branch's latest outcome, if recorded."""
+        raw = self.client.hget(self.keys(job_id).outcomes, key)
+        return SubtaskOutcome.model_validate_json(cast(str, raw)) if raw else None
+
+    def begin_merge(self, job_id: str, round_: int, *, token: str, lease_s: float) -> str:
+        """Decide atomically whether this delivery of a merge runs and take the merge lease.
+
+        Returns ``run``, or why not: ``done``, ``running`` (a duplicate), ``stale``, ``missing``.
+        """
+        keys = self.keys(job_id)
+        reply = self._begin_merge(
+            keys=[keys.meta, keys.leases, keys.owners], args=[round_, token, int(lease_s * 1000), self.ttl_s]
+        )
+        return str(reply)
+
+    def renew_leases(self, job_id: str, held: dict[str, str], lease_s: float) -> list[str]:
+        """Extend the leases this worker holds on a job (member → token); return the ones it lost."""
+        keys = self.keys(job_id)
+        args: list[Any] = [int(lease_s * 1000)]
+        for member, token in held.items():
+            args += [member, token]
+        lost = self._renew(keys=[keys.leases, keys.owners], args=args)
+        return [str(member) for member in lost]
+
+    def sweep(self, job_id: str, grace_s: float) -> SweepReport:
+        """Find what a job needs delivered again (``sweep_job.lua``); lapsed leases are dropped."""
+        keys = self.keys(job_id)
+        state, round_, lapsed, suspects, merge = self._sweep(
+            keys=[keys.meta, keys.leases, keys.owners, keys.queued, keys.sent], args=[int(grace_s * 1000)]
+        )
+        return SweepReport(
+            state=str(state), round=int(round_), lapsed=_json_list(lapsed), suspects=_json_list(suspects),
+            merge=str(merge) == "1",
+        )  # fmt: skip
+
+    def mark_sent(self, job_id: str, members: list[str]) -> None:
+        """Note that the sweeper sent (or found) these branches now, so it waits a grace period again."""
+        if members:
+            now_ms = int(time.time() * 1000)
+            self.client.hset(self.keys(job_id).sent, mapping=dict.fromkeys(members, now_ms))
+
+    def active_jobs(self, limit: int = 10_000) -> list[str]:
+        """Ids of the jobs with a round in progress, oldest first."""
+        return [str(job_id) for job_id in self.client.zrange(active_jobs_key(self.prefix), 0, limit - 1)]
+
+    def deactivate(self, job_id: str) -> None:
+        """Drop a job from the sweeper's list (it is final, or gone)."""
+        self.client.zrem(active_jobs_key(self.prefix), job_id)
+
+    def round_keys(self, job_id: str) -> list[str] | None:
+        """The branch keys of the current round, or None when it is the first round (every branch)."""
+        raw = self.client.hget(self.keys(job_id).meta, "round_keys")
+        return [str(key) for key in json.loads(cast(str, raw))] if raw else None
 
     def cancel_reason(self, job_id: str) -> str | None:
         """Why the job is being cancelled (``user``, ``failure``), or None."""
@@ -233,19 +345,28 @@ class JobStore:
         raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).outcomes))
         return {key: SubtaskOutcome.model_validate_json(value) for key, value in raw.items()}
 
-    def save_result(self, job_id: str, result: JobResult) -> None:
-        """Store the merged result, finish the job's status and wake every waiter."""
+    def save_result(self, job_id: str, result: JobResult) -> bool:
+        """Store a round's merged result once, finish the job's status and wake every waiter.
+
+        Returns False (and changes nothing) when that round already has its result: a merge
+        delivered twice saves once, and ``merges`` in the job meta counts real merges.
+        """
         keys = self.keys(job_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(keys.result, result.model_dump_json(), ex=self.ttl_s)
-            pipe.hset(keys.meta, mapping={"status": result.status.value, "finished_at": repr(time.time())})
-            pipe.hincrby(keys.meta, "merges", 1)
-            pipe.xadd(keys.final, {"status": result.status.value, "round": result.round}, maxlen=100)
-            pipe.xadd(keys.events, {"type": "job", "status": result.status.value, "round": result.round},
-                      maxlen=EVENTS_MAXLEN)  # fmt: skip
-            for key in keys.all():
-                pipe.expire(key, self.ttl_s)
-            self._execute(pipe)
+        try:
+            saved = self._save_result(
+                keys=[keys.meta, keys.result, keys.final, keys.events, keys.leases, keys.owners],
+                args=[result.round, result.model_dump_json(), result.status.value, self.ttl_s,
+                      EVENTS_MAXLEN, repr(result.finished_at or time.time())],
+            )  # fmt: skip
+            if saved:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for key in keys.all():
+                        pipe.expire(key, self.ttl_s)
+                    pipe.zrem(active_jobs_key(self.prefix), job_id)
+                    pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis write failed: {exc}") from exc
+        return bool(saved)
 
     # --- readers --------------------------------------------------------------------------------
 

@@ -1,7 +1,13 @@
-"""The Celery tasks: ``fanflow.subtask`` (one branch) and ``fanflow.merge`` (the chord body).
+"""The Celery tasks: ``fanflow.subtask`` (one branch) and ``fanflow.merge`` (the fan-in).
 
 Both are thin: the branch logic lives in ``fanflow.branch`` and the fan-in in ``fanflow.fanin``.
-A branch task returns its status and never raises for a domain failure, so the chord completes.
+
+A branch records its outcome in the job store *before* Celery sees how it ended; a failed or
+cancelled branch then raises ``BranchFailedError`` so that Celery's state and Flower say
+``FAILURE`` with the branch's own error. Celery does not run a chord body after a failed header,
+but it calls the body's error callbacks once every header task has returned: the merge is that
+error callback too (``fanflow.canvas``), and it reads the outcomes from the store, so the fan-in
+fires once either way and applies the failure policy.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
-from fanflow.branch import WAIT, BranchRunner
-from fanflow.errors import BackendError
+from fanflow.branch import RUNNING, WAIT, BranchRunner
+from fanflow.errors import BackendError, BranchFailedError
 from fanflow.fanin import finalize_job
-from fanflow.result import ErrorInfo, JobResult, JobStatus, OutcomeStatus, SubtaskOutcome
+from fanflow.result import ErrorInfo, JobResult, JobStatus, SubtaskOutcome
+from fanflow.store import MERGE_MEMBER
 
 __all__ = ["MERGE_TASK", "SUBTASK_TASK", "register_tasks"]
 
@@ -25,64 +33,98 @@ MERGE_TASK = "fanflow.merge"
 
 logger = logging.getLogger("fanflow")
 
-_BACKEND_ERRORS = (redis.ConnectionError, redis.TimeoutError, BackendError)
+_BACKEND_ERRORS = (redis.RedisError, BackendError)
 
 
 def _retry_later(task: Task[Any, Any], exc: Exception) -> BaseException:
-    """Redis or the broker is unreachable: deliver the same task again later rather than lose it.
+    """Redis stayed unreachable past the branch's patience: deliver the same task again later.
 
-    Returns the exception to raise: Celery's Retry, or ``exc`` itself after 30 tries.
+    Returns the exception to raise: Celery's Retry, or ``exc`` itself after 30 tries. If the
+    retry cannot be published either, the sweeper delivers the branch again once Redis is back.
     """
     retries = task.request.retries
     if retries >= 30:
         return exc
-    logger.warning("fanflow: %s: backend unreachable, retry %d: %s", task.name, retries + 1, exc)
+    logger.error("fanflow: %s[%s]: job store unreachable, retry %d: %s", task.name, task.request.id,
+                 retries + 1, exc)  # fmt: skip
     countdown = min(30.0, 0.5 * 2.0**retries) * (0.5 + random.random())
     return task.retry(countdown=countdown, max_retries=None)
 
 
+def branch_failure(outcome: SubtaskOutcome) -> BranchFailedError:
+    """The exception a failed or cancelled branch raises to Celery: its error type and message."""
+    error = outcome.error or ErrorInfo(type="Failed", message="no error recorded")
+    return BranchFailedError(f"{error.type}: {error.message}")
+
+
 def register_tasks(app: Celery, runner: BranchRunner) -> None:
     """Register fanflow's tasks on ``app``, bound to ``runner`` (and its job store)."""
-    store = runner.store
 
-    @app.task(name=SUBTASK_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)
-    def subtask(self: Task[Any, Any], job_id: str, key: str, round_: int = 0) -> str:
-        """Run one branch of a fan-out and return its status (the outcome itself goes to the job store)."""
-        try:
-            status = runner.run(job_id, key, round_, worker=self.request.hostname)
-        except _BACKEND_ERRORS as exc:
-            raise _retry_later(self, exc) from exc
-        except Exception as exc:
-            logger.exception("fanflow: internal error in branch %s/%s", job_id, key)
-            return _record_internal_error(runner, job_id, key, round_, exc)
-        if status == WAIT:
-            # max_concurrency reached: re-queue without counting an attempt.
-            raise self.retry(countdown=0.1 + random.random() * 0.4, max_retries=None)
-        return status
-
-    @app.task(name=MERGE_TASK, bind=True, max_retries=None, shared=False)
-    def merge(self: Task[Any, Any], statuses: list[Any], job_id: str, round_: int = 0) -> str:
-        """Fan-in: apply the failure policy and the merge to the stored outcomes; store the JobResult."""
-        try:
-            return finalize_job(store, job_id, round_).status.value
-        except _BACKEND_ERRORS as exc:
-            raise _retry_later(self, exc) from exc
-        except Exception as exc:
-            logger.exception("fanflow: internal error merging job %s", job_id)
-            _save_internal_error(runner, job_id, round_, exc)
-            return JobStatus.FAILED.value
-
-
-def _record_internal_error(runner: BranchRunner, job_id: str, key: str, round_: int, exc: Exception) -> str:
-    outcome = SubtaskOutcome(
-        key=key, status=OutcomeStatus.FAILED, round=round_,
-        error=ErrorInfo(type=type(exc).__name__, message=f"internal error: {exc}"[:2000], retryable=True),
+    @app.task(
+        name=SUBTASK_TASK, bind=True, ignore_result=True, max_retries=None, shared=False,
+        throws=(BranchFailedError,),  # expected: logged as one line, not as a crash with a traceback
     )  # fmt: skip
+    def subtask(self: Task[Any, Any], job_id: str, key: str, round_: int = 0) -> str:
+        """Run one branch of a fan-out; its outcome goes to the job store, its status to Celery."""
+        return run_branch(self, runner, job_id, key, round_)
+
+    @app.task(name=MERGE_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)
+    def merge(self: Task[Any, Any], statuses: Any, job_id: str, round_: int = 0) -> str:
+        """Fan-in: apply the failure policy and the merge to the stored outcomes; store the JobResult.
+
+        Called as the chord body (``statuses`` is the header's return values), as its error
+        callback (``statuses`` is the body's task id), or by the sweeper (``None``): it reads
+        everything from the job store, and runs once per round whoever calls it.
+        """
+        return run_merge(self, runner, job_id, round_)
+
+
+def run_branch(task: Task[Any, Any], runner: BranchRunner, job_id: str, key: str, round_: int) -> str:
+    """The body of ``fanflow.subtask``."""
     try:
-        runner.store.record_outcome(job_id, outcome, cancel_on_failure=False)
-    except Exception:
-        logger.exception("fanflow: could not record the internal error of %s/%s", job_id, key)
-    return OutcomeStatus.FAILED.value
+        result = runner.run(job_id, key, round_, worker=task.request.hostname)
+    except _BACKEND_ERRORS as exc:
+        raise _retry_later(task, exc) from exc
+    if result == WAIT:
+        # max_concurrency reached: re-queue without counting an attempt.
+        raise task.retry(countdown=0.1 + random.random() * 0.4, max_retries=None)
+    if result == RUNNING:
+        # Another delivery of this message runs the branch and holds its lease (the broker
+        # restored the message after its visibility timeout): drop this copy without telling the
+        # chord, which counts the running delivery when it returns.
+        raise Ignore()
+    if isinstance(result, SubtaskOutcome):
+        if not result.succeeded:
+            raise branch_failure(result)
+        return result.status.value
+    return str(result)
+
+
+def run_merge(task: Task[Any, Any], runner: BranchRunner, job_id: str, round_: int) -> str:
+    """The body of ``fanflow.merge``: once per round, under a lease its worker renews."""
+    store, keeper = runner.store, runner.keeper
+    token = keeper.new_token()
+    try:
+        verdict = runner.patiently(
+            lambda: store.begin_merge(job_id, round_, token=token, lease_s=runner.lease_s), "began a merge"
+        )
+    except _BACKEND_ERRORS as exc:
+        raise _retry_later(task, exc) from exc
+    if verdict == RUNNING:
+        raise Ignore()  # another live delivery is merging this round
+    if verdict != "run":
+        return verdict  # done, stale, missing
+    keeper.hold(job_id, MERGE_MEMBER, token)
+    try:
+        return runner.patiently(lambda: finalize_job(store, job_id, round_), "merged").status.value
+    except _BACKEND_ERRORS as exc:
+        raise _retry_later(task, exc) from exc
+    except Exception as exc:
+        logger.exception("fanflow: internal error merging job %s", job_id)
+        _save_internal_error(runner, job_id, round_, exc)
+        return JobStatus.FAILED.value
+    finally:
+        keeper.release(job_id, MERGE_MEMBER)
 
 
 def _save_internal_error(runner: BranchRunner, job_id: str, round_: int, exc: Exception) -> None:

@@ -73,3 +73,9 @@ def not_json() -> Any:
 def join_keys(outcomes: list[Any], context: Any = None, separator: str = "+") -> str:
     """A custom merge: the branch keys joined, prefixed with the context."""
     return f"{context}:" + separator.join(outcome.key for outcome in outcomes)
+
+
+def counted_merge(outcomes: list[Any], context: Any = None, counter_dir: str = "", delay: float = 0.0) -> Any:
+    """A custom merge that counts its runs in ``counter_dir/merge`` and takes ``delay`` seconds."""
+    count_calls(counter_dir, "merge", delay=delay)
+    return [outcome.key for outcome in outcomes]

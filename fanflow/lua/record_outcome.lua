@@ -1,18 +1,26 @@
--- record_outcome: store a branch's final outcome exactly once per (branch, round).
--- KEYS[1] meta hash     KEYS[2] rounds hash    KEYS[3] outcomes hash
--- KEYS[4] running zset  KEYS[5] events stream  KEYS[6] cancel flag
+-- record_outcome: store a branch's final outcome exactly once per (branch, round); drop its lease.
+-- KEYS[1] meta hash     KEYS[2] rounds hash    KEYS[3] outcomes hash   KEYS[4] leases zset
+-- KEYS[5] events stream KEYS[6] cancel flag    KEYS[7] owners hash     KEYS[8] queued set
 -- ARGV[1] branch key    ARGV[2] round          ARGV[3] outcome JSON     ARGV[4] status
 -- ARGV[5] '1' to cancel the siblings when this outcome is a failure (all_or_nothing)
 -- ARGV[6] key ttl (s)   ARGV[7] events maxlen  ARGV[8] error summary (for the job's first error)
+-- ARGV[9] delivery token (its lease is dropped; another delivery's live lease is left alone)
 -- Returns 1 when recorded, 0 for a duplicate (a redelivered or stale message).
 local key, round = ARGV[1], tonumber(ARGV[2])
-redis.call('ZREM', KEYS[4], key)
+local owner = redis.call('HGET', KEYS[7], key)
+if not owner or owner == ARGV[9] then
+  redis.call('ZREM', KEYS[4], key)
+  redis.call('HDEL', KEYS[7], key)
+end
 local recorded = redis.call('HGET', KEYS[2], key)
 if recorded and tonumber(recorded) >= round then return 0 end
 if round < tonumber(redis.call('HGET', KEYS[1], 'round') or '0') then return 0 end
+redis.call('SREM', KEYS[8], key)
 redis.call('HSET', KEYS[2], key, round)
 redis.call('HSET', KEYS[3], key, ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'done', 1)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'last_outcome_at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 if ARGV[4] == 'failed' then
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
   redis.call('HSETNX', KEYS[1], 'first_error', ARGV[8])

@@ -35,14 +35,21 @@ class WorkerProcess:
     """One ``celery -A workers worker`` process in its own session, logging to a file."""
 
     def __init__(
-        self, name: str, *, env: dict[str, str], log_path: Path, queues: str, concurrency: int
+        self,
+        name: str,
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        queues: str,
+        concurrency: int,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.log_path = log_path
         argv = [
             sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queues, "-P", "threads",
             "-c", str(concurrency), "--loglevel", "INFO", "-n", f"{name}@%h", "--without-mingle",
-            "--without-gossip",
+            "--without-gossip", *extra_args,
         ]  # fmt: skip
         self._log: IO[bytes] = log_path.open("wb")
         try:
@@ -101,17 +108,21 @@ class WorkerProcess:
             self._log.close()
 
 
-def worker_env(broker_url: str, key_prefix: str, visibility_timeout_s: int) -> dict[str, str]:
-    """The environment of a worker process: this one without ``FANFLOW_*``, plus the test's settings."""
+def worker_env(broker_url: str, key_prefix: str, visibility_timeout_s: int | None = None) -> dict[str, str]:
+    """The environment of a worker process: this one without ``FANFLOW_*``, plus the test's settings.
+
+    ``visibility_timeout_s=None`` keeps fanflow's default (what users run).
+    """
     env = {name: value for name, value in os.environ.items() if not name.startswith("FANFLOW_")}
     python_path = [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
     env.update(
         FANFLOW_BROKER_URL=broker_url,
         FANFLOW_KEY_PREFIX=key_prefix,
-        FANFLOW_VISIBILITY_TIMEOUT_S=str(visibility_timeout_s),
         PYTHONPATH=os.pathsep.join(python_path),
         PYTHONUNBUFFERED="1",
     )
+    if visibility_timeout_s is not None:
+        env["FANFLOW_VISIBILITY_TIMEOUT_S"] = str(visibility_timeout_s)
     return env
 
 
@@ -142,10 +153,11 @@ def start_worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sta
     request.node.stash[WORKERS_KEY] = started
 
     def start(name: str, *, env: dict[str, str], queues: str = "fanflow.py,fanflow.control",
-              concurrency: int = 4) -> WorkerProcess:  # fmt: skip
+              concurrency: int = 4, extra_args: tuple[str, ...] = ()) -> WorkerProcess:  # fmt: skip
         worker = WorkerProcess(
-            name, env=env, log_path=tmp_path / f"worker-{name}.log", queues=queues, concurrency=concurrency
-        )
+            name, env=env, log_path=tmp_path / f"worker-{name}.log", queues=queues, concurrency=concurrency,
+            extra_args=extra_args,
+        )  # fmt: skip
         started.append(worker)
         return worker
 

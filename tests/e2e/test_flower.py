@@ -48,7 +48,7 @@ def flower(e2e_redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[tupl
     """A Flower on a free loopback port with basic auth; yields (base URL, "user:password")."""
     port = _free_port()
     auth = "operator:flower-test-password"
-    env = worker_env(e2e_redis_url, key_prefix, 60) | {"FLOWER_BASIC_AUTH": auth}
+    env = worker_env(e2e_redis_url, key_prefix) | {"FLOWER_BASIC_AUTH": auth}
     log = (tmp_path / "flower.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1"],
@@ -72,40 +72,68 @@ def flower(e2e_redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[tupl
         log.close()
 
 
-def test_flower_shows_fanflow_tasks_with_ids_keys_and_no_payload(
-    flower: tuple[str, str], e2e_redis_url: str, key_prefix: str, start_worker: StartWorker
-) -> None:
-    base, auth = flower
-    assert _get(f"{base}/api/tasks")[0] == 401  # the API needs the password
-    worker = start_worker("flowerw", env=worker_env(e2e_redis_url, key_prefix, 60))
-    worker.wait_ready()
-    time.sleep(1.0)  # let Flower's event consumer see the worker come online
-    client = Client.from_settings(
-        Settings(key_prefix=key_prefix, visibility_timeout_s=60).with_redis(e2e_redis_url)
-    )
-    spec = FanOut(
-        name="flower-demo",
-        subtasks=[
-            Subtask(key=key, run=PyCall(function="tests.callables:echo", kwargs={"value": SECRET}))
-            for key in ("economic", "social")
-        ],
-    )
-    handle = client.submit(spec)
-    assert handle.wait(timeout=60).status.value == "succeeded"
-
+def _flower_tasks(base: str, auth: str, expected: int, timeout: float = 30) -> dict[str, Any]:
+    """Flower's task list once it shows ``expected`` fanflow tasks in a final state."""
     tasks: dict[str, Any] = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status, tasks = _get(f"{base}/api/tasks", auth)
         assert status == 200
-        names = [t.get("name") for t in tasks.values()]
-        if names.count("fanflow.subtask") == 2 and "fanflow.merge" in names:
+        final = [t for t in tasks.values() if t.get("state") in ("SUCCESS", "FAILURE")]
+        if len(final) >= expected:
             break
         time.sleep(0.5)
-    branches = [t for t in tasks.values() if t.get("name") == "fanflow.subtask"]
-    assert len(branches) == 2, tasks
-    shown = " ".join(f"{t.get('args')} {t.get('kwargs')}" for t in branches)
-    assert handle.job_id in shown and "key=economic" in shown and "key=social" in shown
-    assert "flower-demo" in shown
+    return tasks
+
+
+def test_flower_tells_which_branch_failed_and_shows_no_payload(
+    flower: tuple[str, str], e2e_redis_url: str, key_prefix: str, start_worker: StartWorker
+) -> None:
+    """A best-effort job with one failing branch, as an operator sees it in Flower's API."""
+    base, auth = flower
+    assert _get(f"{base}/api/tasks")[0] == 401  # the API needs the password
+    worker = start_worker("flowerw", env=worker_env(e2e_redis_url, key_prefix))
+    worker.wait_ready()
+    time.sleep(1.0)  # let Flower's event consumer see the worker come online
+    client = Client.from_settings(Settings(key_prefix=key_prefix).with_redis(e2e_redis_url))
+    spec = FanOut(
+        name="flower-demo",
+        subtasks=[
+            *(
+                Subtask(key=key, run=PyCall(function="tests.callables:echo", kwargs={"value": SECRET}))
+                for key in ("economic", "social")
+            ),
+            Subtask(
+                key="legal",
+                run=PyCall(function="tests.callables:fail", kwargs={"message": "statute not found"}),
+            ),
+        ],
+        failure={"policy": "best_effort"},
+    )
+    handle = client.submit(spec)
+    result = handle.wait(timeout=60)
+    assert result.status.value == "partial"
+    assert handle.progress().merges == 1
+
+    tasks = _flower_tasks(base, auth, expected=4)
+    rows = {t["uuid"]: t for t in tasks.values()}
+    branches = {t["name"]: t for t in rows.values() if str(t.get("name", "")).startswith("fanflow.subtask")}
+    merges = [t for t in rows.values() if str(t.get("name", "")).startswith("fanflow.merge")]
+    assert set(branches) == {
+        "fanflow.subtask[flower-demo:economic]", "fanflow.subtask[flower-demo:social]",
+        "fanflow.subtask[flower-demo:legal]",
+    }, sorted(branches)  # fmt: skip
+    failed = branches["fanflow.subtask[flower-demo:legal]"]
+    assert failed["state"] == "FAILURE"
+    assert "RuntimeError: statute not found" in str(failed.get("exception")), failed
+    for key in ("economic", "social"):
+        assert branches[f"fanflow.subtask[flower-demo:{key}]"]["state"] == "SUCCESS"
+    for row in branches.values():
+        assert handle.job_id in str(row.get("args")), row  # the real arguments: job id, key, round
+        assert row.get("kwargs") in ("{}", None, ""), row
+    assert len(merges) == 1 and merges[0]["state"] == "SUCCESS", merges
+    # Flower's "Failed" filter finds the failed branch and only it.
+    status, failures = _get(f"{base}/api/tasks?state=FAILURE", auth)
+    assert status == 200
+    assert [t["name"] for t in failures.values()] == ["fanflow.subtask[flower-demo:legal]"]
     assert SECRET not in json.dumps(tasks)
-    assert all(t.get("state") == "SUCCESS" for t in branches)
