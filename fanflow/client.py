@@ -179,11 +179,12 @@ class Client:
         return True
 
     def check(self, spec: FanOut) -> None:
-        """Checks that need this deployment (not just the spec): executors, imports, timeouts.
+        """Checks that need this deployment (not just the spec): executors and imports.
 
         Raises:
             SpecError: naming the field.
         """
+        imported: set[str] = set()  # one import check per distinct function, not per branch
         for index, subtask in enumerate(spec.subtasks):
             where = f"subtasks.{index}"
             if subtask.run.kind not in EXECUTABLE_KINDS:
@@ -192,8 +193,9 @@ class Client:
                     f"cannot execute them yet (executable: {', '.join(sorted(EXECUTABLE_KINDS))})",
                     field=f"{where}.run.kind",
                 )
-            if isinstance(subtask.run, PyCall):
+            if isinstance(subtask.run, PyCall) and subtask.run.function not in imported:
                 self._check_import(subtask.run.function, f"{where}.run.function")
+                imported.add(subtask.run.function)
         if isinstance(spec.merge, SynthesizeMerge):
             raise SpecError(
                 "merge.strategy: 'synthesize' validates but needs the llm executor, which this version lacks",
