@@ -122,7 +122,7 @@ class RecoveryStep(bootsteps.StartStopStep):
         settings: Settings = worker.app.fanflow_settings
         if settings.store_max_connections is None:
             # One connection per task thread, plus the heartbeat, the sweeper and the chord joins.
-            store_of(worker.app).resize_pool(int(worker.concurrency or 1) + 8)
+            store_of(worker.app).resize_pool(int(worker.concurrency or 1) + 8, per_thread=True)
 
     def create(self, worker: Any) -> Sweeper:  # type: ignore[override]
         """The sweeper this step starts, stops and terminates with the worker."""
