@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -13,7 +14,7 @@ from fanflow.config import Settings
 from fanflow.errors import ConfigError
 from fanflow.recovery import BrokerProbe, LeaseKeeper, Sweeper
 from fanflow.store import JobStore
-from fanflow.tasks import register_tasks
+from fanflow.tasks import ChordFailureLogFilter, register_tasks
 from fanflow.transport import transport_for
 
 __all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "store_of"]
@@ -91,6 +92,7 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
     keeper = LeaseKeeper(store, lease_s=settings.lease_s)
     runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper)
     register_tasks(app, runner)
+    _install_log_filter(logging.getLogger("celery.backends.redis"), ChordFailureLogFilter())
     app.steps["consumer"].add("fanflow.poison:PoisonGuard")  # malformed messages: rejected, never run
     app.fanflow_store = store  # type: ignore[attr-defined]
     app.fanflow_settings = settings  # type: ignore[attr-defined]
@@ -100,6 +102,11 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
     )  # fmt: skip
     app.steps["worker"].add(RecoveryStep)
     return app
+
+
+def _install_log_filter(logger: logging.Logger, log_filter: logging.Filter) -> None:
+    if not any(isinstance(existing, type(log_filter)) for existing in logger.filters):
+        logger.addFilter(log_filter)
 
 
 def _broker_probe(settings: Settings, *, broker_transport_options: dict[str, Any]) -> BrokerProbe | None:

@@ -26,7 +26,7 @@ from fanflow.fanin import finalize_job
 from fanflow.result import ErrorInfo, JobResult, JobStatus, SubtaskOutcome
 from fanflow.store import MERGE_MEMBER
 
-__all__ = ["MERGE_TASK", "SUBTASK_TASK", "register_tasks"]
+__all__ = ["MERGE_TASK", "SUBTASK_TASK", "ChordFailureLogFilter", "register_tasks"]
 
 SUBTASK_TASK = "fanflow.subtask"
 MERGE_TASK = "fanflow.merge"
@@ -55,6 +55,25 @@ def branch_failure(outcome: SubtaskOutcome) -> BranchFailedError:
     """The exception a failed or cancelled branch raises to Celery: its error type and message."""
     error = outcome.error or ErrorInfo(type="Failed", message="no error recorded")
     return BranchFailedError(f"{error.type}: {error.message}")
+
+
+class ChordFailureLogFilter(logging.Filter):
+    """Turns Celery's traceback for a chord whose branch failed into one INFO line.
+
+    A failed branch is a domain outcome, not a crash: Celery logs ``Chord ... raised: ChordError``
+    with a traceback at ERROR when it skips the body, while fanflow's merge runs as the body's
+    error callback and records the failure. Other chord errors are left as Celery logs them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record when it is a chord error caused by a ``BranchFailedError``."""
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and "BranchFailedError" in repr(args[1]):
+            record.msg = "fanflow: chord %s: a branch failed; the merge runs as the chord's error callback"
+            record.args = (args[0],)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def register_tasks(app: Celery, runner: BranchRunner) -> None:
