@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from bench.experiments import apply_experiments
-from bench.tasks import register_plain_tasks
+from bench.tasks import STAMP_RATE_ENV, register_plain_tasks, register_rate_task
 from fanflow.app import create_app
 from fanflow.config import Settings
 
@@ -21,5 +21,6 @@ apply_experiments([name for name in os.environ.get("BENCH_EXPERIMENTS", "").spli
 
 app = create_app(Settings())
 register_plain_tasks(app)
+register_rate_task(app, os.environ.get(STAMP_RATE_ENV, "10/s"))
 
 __all__ = ["app"]

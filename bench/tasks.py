@@ -6,13 +6,17 @@ worker entry (``bench.apps``) imports it to register the plain tasks next to fan
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery, Task
 
 from fanflow.app import CONTROL_QUEUE, QUEUES
 
-__all__ = ["COLLECT_TASK", "NOOP_PATH", "NOOP_TASK", "PY_QUEUE", "noop", "register_plain_tasks"]
+__all__ = [
+    "COLLECT_TASK", "NOOP_PATH", "NOOP_TASK", "PY_QUEUE", "STAMP_PATH", "STAMP_QUEUE", "noop",
+    "register_plain_tasks", "register_rate_task", "stamp",
+]  # fmt: skip
 
 #: The queue both systems' branches go to, and fanflow's merges and the plain chord body go to.
 PY_QUEUE = QUEUES["python"]
@@ -22,8 +26,33 @@ COLLECT_TASK = "bench.collect"
 NOOP_PATH = f"{__name__}:noop"
 
 
+#: The queue of the rate-limit comparison's plain Celery task.
+STAMP_QUEUE = "bench.rate"
+#: Rate of ``bench.stamp`` (Celery's ``rate_limit``: per worker instance).
+STAMP_RATE_ENV = "BENCH_STAMP_RATE"
+#: Import path of ``stamp`` for fanflow's ``PyCall``.
+STAMP_PATH = f"{__name__}:stamp"
+
+
 def noop() -> None:
     """Do nothing: each branch then costs exactly its framework's overhead."""
+
+
+def stamp(path: str) -> None:
+    """Append this call's start time to ``path`` (one small append: atomic across processes)."""
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(f"{time.time()!r}\n")
+
+
+def register_rate_task(app: Celery, rate: str) -> Task[Any, Any]:
+    """Register ``bench.stamp`` with Celery's own ``rate_limit`` (e.g. ``"10/s"``)."""
+
+    @app.task(name="bench.stamp", queue=STAMP_QUEUE, rate_limit=rate, ignore_result=True, shared=False)
+    def plain_stamp(path: str) -> None:
+        """The baseline's rate-limited task."""
+        stamp(path)
+
+    return plain_stamp
 
 
 def register_plain_tasks(app: Celery) -> tuple[Task[Any, Any], Task[Any, Any]]:

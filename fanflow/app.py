@@ -8,16 +8,18 @@ from typing import Any
 from celery import Celery, bootsteps
 from kombu import Queue
 
+from fanflow.admission import Gate
 from fanflow.backend import backend_url
 from fanflow.branch import BranchRunner
 from fanflow.config import Settings
 from fanflow.errors import ConfigError
+from fanflow.ratelimit import Limiter
 from fanflow.recovery import BrokerProbe, LeaseKeeper, Sweeper
 from fanflow.store import JobStore
 from fanflow.tasks import ChordFailureLogFilter, register_tasks
 from fanflow.transport import transport_for
 
-__all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "store_of"]
+__all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "limiter_of", "store_of"]
 
 #: The queue of each kind of work, so each can be scaled on its own.
 QUEUES: dict[str, str] = {"python": "fanflow.py", "llm": "fanflow.llm", "agent": "fanflow.agent"}
@@ -90,12 +92,21 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
         max_connections=settings.store_max_connections or 64,
     )  # fmt: skip
     keeper = LeaseKeeper(store, lease_s=settings.lease_s)
-    runner = BranchRunner(store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper)
+    limiter = Limiter(store.client, prefix=settings.key_prefix, lease_s=settings.lease_s)
+    # A deferred branch's countdown stays well below the visibility timeout (kombu would deliver
+    # the waiting message again).
+    gate = Gate(limiter, wait_in_slot_s=settings.limit_wait_in_slot_s,
+                max_countdown_s=max(1.0, settings.visibility_timeout_s / 2))  # fmt: skip
+    keeper.renewers.append(gate.renew)
+    runner = BranchRunner(
+        store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper, gate=gate
+    )
     register_tasks(app, runner)
     _install_log_filter(logging.getLogger("celery.backends.redis"), ChordFailureLogFilter())
     app.steps["consumer"].add("fanflow.poison:PoisonGuard")  # malformed messages: rejected, never run
     app.fanflow_store = store  # type: ignore[attr-defined]
     app.fanflow_settings = settings  # type: ignore[attr-defined]
+    app.fanflow_limiter = limiter  # type: ignore[attr-defined]
     app.fanflow_sweeper = Sweeper(  # type: ignore[attr-defined]
         app, runner, interval_s=settings.sweep_interval_s, grace_s=settings.redelivery_grace_s,
         probe=_broker_probe(settings, broker_transport_options=app.conf.broker_transport_options),
@@ -136,6 +147,12 @@ class RecoveryStep(bootsteps.StartStopStep):
         sweeper: Sweeper = worker.app.fanflow_sweeper
         sweeper.hostname = str(getattr(worker, "hostname", "") or sweeper.hostname)
         return sweeper
+
+
+def limiter_of(app: Celery) -> Limiter:
+    """The shared limiter of an app built by ``create_app``."""
+    limiter: Limiter = app.fanflow_limiter  # type: ignore[attr-defined]
+    return limiter
 
 
 def store_of(app: Celery) -> JobStore:

@@ -18,16 +18,19 @@ from typing import Any, TypeVar
 
 import redis
 
+from fanflow.admission import Cancelled, Deferral, Gate
 from fanflow.errors import (
     BackendError,
     BranchTimeoutError,
     DeadlineExceededError,
     DeliveryCapError,
     JobNotFoundError,
+    RateLimitedError,
     SuccessCriteriaError,
     TransientError,
 )
 from fanflow.executors import Execution, execute
+from fanflow.ratelimit import Admission
 from fanflow.recovery import LeaseKeeper
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
 from fanflow.spec import AllOrNothing, RetryPolicy, Subtask, SuccessCriteria
@@ -41,6 +44,10 @@ WAIT = "wait"
 RUNNING = "running"
 
 _ERROR_MESSAGE_LIMIT = 2000
+#: A 429 without Retry-After cools the branch's limit keys down this long.
+DEFAULT_COOLDOWN_S = 5.0
+#: 429s in a row one branch takes without counting attempts before they count.
+MAX_THROTTLED = 20
 _OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 logger = logging.getLogger("fanflow")
@@ -86,10 +93,12 @@ class BranchRunner:
         delivery_cap: int,
         lease_s: float,
         keeper: LeaseKeeper | None = None,
+        gate: Gate | None = None,
         patience_s: float = 60.0,
         cache_size: int = 256,
     ) -> None:
         self.store = store
+        self.gate = gate
         self.delivery_cap = delivery_cap
         self.lease_s = lease_s
         self.keeper = keeper or LeaseKeeper(store, lease_s=lease_s)
@@ -130,12 +139,15 @@ class BranchRunner:
     def patiently(self, call: Callable[[], T], what: str) -> T:
         return ride_out(call, patience_s=self.patience_s, what=what)
 
-    def run(self, job_id: str, key: str, round_: int, *, worker: str | None = None) -> SubtaskOutcome | str:
+    def run(
+        self, job_id: str, key: str, round_: int, *, worker: str | None = None
+    ) -> SubtaskOutcome | Deferral | str:
         """Run one delivery of a branch.
 
-        Returns the branch's outcome (recorded now, or earlier by another delivery), or why this
-        delivery did nothing: ``WAIT`` (re-queue it), ``RUNNING`` (a duplicate: drop it),
-        ``stale`` (an older round), ``missing`` (the job expired).
+        Returns the branch's outcome (recorded now, or earlier by another delivery), a
+        ``Deferral`` (its limits did not admit it soon: send it again later), or why this delivery
+        did nothing: ``WAIT`` (re-queue it), ``RUNNING`` (a duplicate: drop it), ``stale`` (an
+        older round), ``missing`` (the job expired).
         """
         try:
             job = self.job(job_id)
@@ -163,11 +175,18 @@ class BranchRunner:
         elif verdict.verdict == "run":
             self.keeper.hold(job_id, key, token)
             try:
-                outcome = self._execute_safely(job_id, job, subtask, round_, worker)
-                self._record(job_id, job, outcome, token)
+                result = self._execute_safely(job_id, job, subtask, round_, worker)
+                if isinstance(result, Deferral):
+                    wait = result.countdown_s
+                    self.patiently(
+                        lambda: self.store.defer_branch(job_id, key, round_, token=token, countdown_s=wait),
+                        "deferred a branch",
+                    )
+                    return result
+                self._record(job_id, job, result, token)
             finally:
                 self.keeper.release(job_id, key)
-            return outcome
+            return result
         else:  # wait, running, stale, missing
             return verdict.verdict
         self._record(job_id, job, outcome, token)
@@ -182,7 +201,7 @@ class BranchRunner:
 
     def _execute_safely(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
-    ) -> SubtaskOutcome:
+    ) -> SubtaskOutcome | Deferral:
         try:
             return self._execute(job_id, job, subtask, round_, worker)
         except Exception as exc:
@@ -194,22 +213,49 @@ class BranchRunner:
                 ),
             )  # fmt: skip
 
+    def _admit(
+        self, job_id: str, subtask: Subtask, *, may_defer: bool
+    ) -> Admission | Deferral | Cancelled | None:
+        if self.gate is None or not subtask.limits:
+            return None
+        return self.gate.admit(
+            subtask.limits, Usage(), may_defer=may_defer,
+            cancelled=lambda: self.store.cancel_reason(job_id) is not None,
+        )  # fmt: skip
+
     def _execute(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
-    ) -> SubtaskOutcome:
+    ) -> SubtaskOutcome | Deferral:
         started = time.time()
         policy = subtask.retry
-        attempt = 0
+        attempt = throttled = 0
         while True:
+            # Before the first attempt a long wait for the limits frees the thread (a Deferral).
+            admission = self._admit(job_id, subtask, may_defer=attempt == 0)
+            if isinstance(admission, Deferral):
+                return admission
+            if isinstance(admission, Cancelled):
+                return _cancelled(subtask.key, round_, self.store.cancel_reason(job_id), attempt)
             attempt += 1
             execution = _attempt(job, subtask)
             if isinstance(execution, Execution):
+                if self.gate is not None:
+                    self.gate.settle(admission, execution.usage)
                 return SubtaskOutcome(
                     key=subtask.key, status=OutcomeStatus.SUCCEEDED, output=execution.output,
                     attempts=attempt, usage=execution.usage, round=round_, worker=worker,
                     started_at=started, finished_at=time.time(),
                 )  # fmt: skip
             error = execution
+            if self.gate is not None:
+                self.gate.release(admission)
+                if isinstance(error, RateLimitedError) and subtask.limits and throttled < MAX_THROTTLED:
+                    # The provider knows better than our counters: every worker cools down, and
+                    # this attempt does not count.
+                    self.gate.cool_down(subtask.limits, error.retry_after_s or DEFAULT_COOLDOWN_S)
+                    attempt -= 1
+                    throttled += 1
+                    continue
             retryable = is_retryable(error, policy)
             if retryable and attempt < policy.attempts:
                 delay = _retry_delay(error, policy, attempt)

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         15.0, gt=0, description="how long a stalled job's unstarted branch waits before its message is "
         "looked for in the broker (and sent again if it was lost)",
     )  # fmt: skip
+    limit_wait_in_slot_s: float = Field(
+        2.0, ge=0, description="a branch its limits refuse waits this long in its thread; longer, it is "
+        "sent again with a countdown (thread freed)",
+    )  # fmt: skip
     store_max_connections: int | None = Field(
         None, ge=2, description="job-store connections per process (default: the worker's concurrency + 8)"
     )

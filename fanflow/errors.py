@@ -14,6 +14,8 @@
     │   └── MergeConflictError key_merge met the same entity twice under ``on_conflict: error``
     └── ExecutorError          a branch's work failed (recorded in its outcome, never raised past a task)
         ├── TransientError     worth retrying (network, 5xx, 429); always retryable
+        │   └── RateLimitedError  the provider said 429 / overloaded: the branch's limit keys cool
+        │                      down for every worker; the attempt is not counted
         ├── BranchTimeoutError the branch ran past its ``timeout_s``
         ├── DeadlineExceededError the job's ``deadline_s`` passed before the branch could finish
         ├── SuccessCriteriaError  the output did not meet the branch's ``success`` criteria
@@ -42,6 +44,7 @@ __all__ = [
     "MergeConflictError",
     "MergeError",
     "PoisonMessageError",
+    "RateLimitedError",
     "SpecError",
     "SuccessCriteriaError",
     "TransientError",
@@ -116,6 +119,14 @@ class TransientError(ExecutorError):
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message)
+
+
+class RateLimitedError(TransientError):
+    """The provider refused the call for now (HTTP 429, or an overload answer).
+
+    The branch runner cools the branch's limit keys down for every worker for ``retry_after_s``
+    (or a default) and tries again without counting an attempt.
+    """
 
 
 class BranchTimeoutError(ExecutorError, TimeoutError):

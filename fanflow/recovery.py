@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -58,6 +58,8 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.beats = 0
+        #: Called on every heartbeat too (the limiter's admissions renew their leases here).
+        self.renewers: list[Callable[[], None]] = []
 
     @staticmethod
     def new_token() -> str:
@@ -100,6 +102,11 @@ class LeaseKeeper:
     def beat(self) -> None:
         """Renew every lease held now (one script call per job); never raises."""
         self.beats += 1
+        for renew in self.renewers:
+            try:
+                renew()
+            except redis.RedisError as exc:
+                logger.warning("fanflow: heartbeat could not renew limit leases: %s", exc)
         for job_id, members in self.held().items():
             try:
                 lost = self.store.renew_leases(job_id, members, self.lease_s)

@@ -137,6 +137,7 @@ class JobStore:
         self._save_result = client.register_script(_script("save_result"))
         self._renew = client.register_script(_script("renew_leases"))
         self._sweep = client.register_script(_script("sweep_job"))
+        self._defer = client.register_script(_script("defer_branch"))
         self._local = threading.local()
         #: Set by a worker whose pool holds a connection per task thread (``resize_pool``).
         self.connection_per_thread = False
@@ -306,6 +307,15 @@ class JobStore:
             client=self._branch_client,
         )  # fmt: skip
         return bool(recorded)
+
+    def defer_branch(self, job_id: str, key: str, round_: int, *, token: str, countdown_s: float) -> bool:
+        """Give back a branch its limits did not admit (``defer_branch.lua``); its message returns later."""
+        keys = self.keys(job_id)
+        deferred = self._defer(
+            keys=[keys.leases, keys.owners, keys.deliveries, keys.queued, keys.sent],
+            args=[key, round_, token, int(countdown_s * 1000)],
+        )
+        return bool(deferred)
 
     def outcome(self, job_id: str, key: str) -> SubtaskOutcome | None:
         """One branch's latest outcome, if recorded."""

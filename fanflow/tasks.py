@@ -20,6 +20,7 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore
 
+from fanflow.admission import Deferral
 from fanflow.branch import RUNNING, WAIT, BranchRunner
 from fanflow.errors import BackendError, BranchFailedError
 from fanflow.fanin import finalize_job
@@ -107,6 +108,10 @@ def run_branch(task: Task[Any, Any], runner: BranchRunner, job_id: str, key: str
     if result == WAIT:
         # max_concurrency reached: re-queue without counting an attempt.
         raise task.retry(countdown=0.1 + random.random() * 0.4, max_retries=None)
+    if isinstance(result, Deferral):
+        # Its limits will not admit it soon: send the message again later, thread freed; neither
+        # an attempt nor a delivery is counted.
+        raise task.retry(countdown=result.countdown_s, max_retries=None)
     if result == RUNNING:
         # Another delivery of this message runs the branch and holds its lease (the broker
         # restored the message after its visibility timeout): drop this copy without telling the

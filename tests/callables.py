@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fanflow.errors import TransientError
+from fanflow.errors import RateLimitedError, TransientError
 
 
 def echo(value: Any = None, delay: float = 0.0) -> Any:
@@ -79,3 +79,52 @@ def counted_merge(outcomes: list[Any], context: Any = None, counter_dir: str = "
     """A custom merge that counts its runs in ``counter_dir/merge`` and takes ``delay`` seconds."""
     count_calls(counter_dir, "merge", delay=delay)
     return [outcome.key for outcome in outcomes]
+
+
+def timed_call(record_dir: str, name: str, delay: float = 0.0, value: Any = None) -> Any:
+    """Sleep ``delay`` and append ``start end`` (wall clock) to ``record_dir/name``, then return ``value``."""
+    start = time.time()
+    if delay:
+        time.sleep(delay)
+    with open(Path(record_dir) / name, "a", encoding="utf-8") as file:
+        file.write(f"{start} {time.time()}\n")
+    return value
+
+
+def intervals(record_dir: str) -> list[tuple[float, float]]:
+    """Every ``(start, end)`` that ``timed_call`` recorded under ``record_dir``."""
+    spans = []
+    for path in Path(record_dir).iterdir():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            start, end = line.split()
+            spans.append((float(start), float(end)))
+    return sorted(spans)
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most intervals running at one moment."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def max_starts_in_window(spans: list[tuple[float, float]], window_s: float = 1.0) -> int:
+    """The most starts in any sliding window of ``window_s`` seconds."""
+    starts = sorted(start for start, _ in spans)
+    peak = low = 0
+    for high, start in enumerate(starts):
+        while start - starts[low] >= window_s:
+            low += 1
+        peak = max(peak, high - low + 1)
+    return peak
+
+
+def throttled_once(counter_dir: str, name: str, retry_after: float = 0.5, value: Any = None) -> Any:
+    """Raise ``RateLimitedError`` on the first call (a provider's 429), then return ``value``."""
+    count_calls(counter_dir, name)
+    if calls(counter_dir, name) == 1:
+        raise RateLimitedError("429 Too Many Requests", retry_after_s=retry_after)
+    return value

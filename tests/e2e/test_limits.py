@@ -1,0 +1,109 @@
+"""Shared limits across three separate worker processes (the point of them: Celery's rate_limit is
+per worker, so three workers at ``10/s`` start 30 a second)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fanflow import Client, FanOut, PyCall, Settings, Subtask
+from fanflow.app import limiter_of
+from fanflow.ratelimit import Limit
+from fanflow.result import JobStatus
+from tests.callables import intervals, max_overlap, max_starts_in_window
+from tests.e2e.conftest import REPO_ROOT, StartWorker, worker_env
+
+pytestmark = pytest.mark.e2e
+
+
+def _timed(record_dir: Path, count: int, key: str, delay: float) -> FanOut:
+    return FanOut(
+        name="limited",
+        subtasks=[
+            Subtask(
+                key=f"b{index:03d}",
+                run=PyCall(
+                    function="tests.callables:timed_call",
+                    kwargs={"record_dir": str(record_dir), "name": f"b{index:03d}", "delay": delay},
+                ),
+                limits=[key],
+            )
+            for index in range(count)
+        ],
+    )
+
+
+def _three_workers(redis_url: str, key_prefix: str, start_worker: StartWorker) -> Client:
+    env = worker_env(redis_url, key_prefix)
+    workers = [start_worker(f"w{index}", env=env, concurrency=8) for index in range(3)]
+    for worker in workers:
+        worker.wait_ready()
+    return Client.from_settings(Settings(key_prefix=key_prefix).with_redis(redis_url))
+
+
+@pytest.mark.timeout(180)
+def test_a_request_rate_holds_across_three_workers_and_is_used(
+    e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    rate = 6
+    record = tmp_path / "calls"
+    record.mkdir()
+    client = _three_workers(e2e_redis_url, key_prefix, start_worker)
+    limiter_of(client.app).set_limit(Limit(key="svc", requests=rate, window_s=1.0))
+    result = client.submit(_timed(record, 60, "svc", 0.05)).wait(timeout=120)
+    assert result.status is JobStatus.SUCCEEDED
+    spans = intervals(str(record))
+    assert len(spans) == 60
+    peak = max_starts_in_window(spans, 1.0)
+    starts = [start for start, _ in spans]
+    sustained = (len(starts) - 1) / (starts[-1] - starts[0])
+    print(f"\nlimit {rate}/s over 3 workers: peak 1 s window {peak}, sustained {sustained:.2f}/s")
+    assert peak <= rate
+    assert sustained >= 0.9 * rate
+
+
+@pytest.mark.timeout(180)
+def test_a_concurrency_limit_holds_across_three_workers(
+    e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    record = tmp_path / "calls"
+    record.mkdir()
+    client = _three_workers(e2e_redis_url, key_prefix, start_worker)
+    limiter_of(client.app).set_limit(Limit(key="pool", concurrency=3))
+    result = client.submit(_timed(record, 24, "pool", 0.4)).wait(timeout=120)
+    assert result.status is JobStatus.SUCCEEDED
+    peak = max_overlap(intervals(str(record)))
+    print(f"\nconcurrency 3 over 3 workers x 8 threads: peak {peak} in flight")
+    assert peak <= 3
+    status = limiter_of(client.app).status("pool")
+    assert status is not None and status.in_flight == 0
+
+
+def test_the_limits_command_sets_shows_resets_and_deletes(e2e_redis_url: str, key_prefix: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")}
+    env |= {"FANFLOW_BROKER_URL": e2e_redis_url, "FANFLOW_KEY_PREFIX": key_prefix}
+
+    def fanflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fanflow.cli", "limits", *args],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    done = fanflow("set", "openai:gpt-4o-mini", "--requests", "500", "--per", "1m", "--tokens", "200000",
+                   "--concurrency", "50")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "500 requests/60s" in done.stderr and "50 at once" in done.stderr
+    shown = fanflow("show")
+    assert shown.returncode == 0 and "openai:gpt-4o-mini" in shown.stdout
+    empty = fanflow("set", "x")
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    bad = fanflow("set", "x", "--requests", "5", "--per", "soon")
+    assert bad.returncode == 2
+    assert fanflow("reset", "openai:gpt-4o-mini").returncode == 0
+    assert "deleted" in fanflow("delete", "openai:gpt-4o-mini").stderr
+    missing = fanflow("show", "openai:gpt-4o-mini")
+    assert missing.returncode == 1 and "no limit is set" in missing.stderr
