@@ -82,12 +82,12 @@ def counted_merge(outcomes: list[Any], context: Any = None, counter_dir: str = "
 
 
 def timed_call(record_dir: str, name: str, delay: float = 0.0, value: Any = None) -> Any:
-    """Sleep ``delay`` and append ``start end`` (wall clock) to ``record_dir/name``, then return ``value``."""
+    """Sleep ``delay``, append ``start end pid`` to ``record_dir/name``, then return ``value``."""
     start = time.time()
     if delay:
         time.sleep(delay)
     with open(Path(record_dir) / name, "a", encoding="utf-8") as file:
-        file.write(f"{start} {time.time()}\n")
+        file.write(f"{start} {time.time()} {os.getpid()}\n")
     return value
 
 
@@ -96,9 +96,18 @@ def intervals(record_dir: str) -> list[tuple[float, float]]:
     spans = []
     for path in Path(record_dir).iterdir():
         for line in path.read_text(encoding="utf-8").splitlines():
-            start, end = line.split()
+            start, end = line.split()[:2]
             spans.append((float(start), float(end)))
     return sorted(spans)
+
+
+def recorded_pids(record_dir: str) -> set[int]:
+    """The processes that ran ``timed_call`` under ``record_dir``."""
+    return {
+        int(line.split()[2])
+        for path in Path(record_dir).iterdir()
+        for line in path.read_text(encoding="utf-8").splitlines()
+    }
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:

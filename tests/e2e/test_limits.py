@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fanflow import Client, FanOut, PyCall, Settings, Subtask
 from fanflow.app import limiter_of
 from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
-from tests.callables import intervals, max_overlap, max_starts_in_window
+from tests.callables import intervals, max_overlap, max_starts_in_window, recorded_pids
 from tests.e2e.conftest import REPO_ROOT, StartWorker, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -107,3 +108,87 @@ def test_the_limits_command_sets_shows_resets_and_deletes(e2e_redis_url: str, ke
     assert "deleted" in fanflow("delete", "openai:gpt-4o-mini").stderr
     missing = fanflow("show", "openai:gpt-4o-mini")
     assert missing.returncode == 1 and "no limit is set" in missing.stderr
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_workers_concurrency_slot_is_freed_when_its_lease_lapses(
+    e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """concurrency=1; the worker holding the slot is SIGKILLed: the slot comes back within the lease."""
+    env = worker_env(e2e_redis_url, key_prefix)
+    workers = [start_worker(f"w{index}", env=env, concurrency=4) for index in range(2)]
+    for worker in workers:
+        worker.wait_ready()
+    client = Client.from_settings(Settings(key_prefix=key_prefix).with_redis(e2e_redis_url))
+    limiter_of(client.app).set_limit(Limit(key="solo", concurrency=1))
+    counter = tmp_path / "calls"
+    counter.mkdir()
+    spec = FanOut(
+        name="solo",
+        subtasks=[
+            Subtask(
+                key=f"s{index}",
+                run=PyCall(
+                    function="tests.callables:count_calls",
+                    kwargs={"counter_dir": str(counter), "name": f"s{index}", "value": index, "delay": 3.0},
+                ),
+                limits=["solo"],
+            )
+            for index in range(3)
+        ],
+    )
+    handle = client.submit(spec)
+    deadline = time.monotonic() + 30
+    holder = None
+    while holder is None and time.monotonic() < deadline:
+        pids = {int(pid) for path in counter.iterdir() for pid in path.read_text().split()}
+        holder = next((worker for worker in workers if worker.pid in pids), None)
+        time.sleep(0.05)
+    assert holder is not None, "no branch started"
+    holder.kill()
+    killed_at = time.monotonic()
+    result = handle.wait(timeout=120)
+    assert result.status is JobStatus.SUCCEEDED, result.error
+    print(f"\nslot holder killed; job finished {time.monotonic() - killed_at:.1f}s later")
+    assert time.monotonic() - killed_at < 90
+    status = limiter_of(client.app).status("solo")
+    assert status is not None and status.in_flight == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_429_cools_the_key_down_for_every_worker(
+    e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    client = _three_workers(e2e_redis_url, key_prefix, start_worker)
+    limiter_of(client.app).set_limit(Limit(key="api", requests=1000, window_s=1.0))
+    counter = tmp_path / "throttled"
+    counter.mkdir()
+    throttled = FanOut(
+        name="throttled",
+        subtasks=[
+            Subtask(
+                key="t",
+                run=PyCall(
+                    function="tests.callables:throttled_once",
+                    kwargs={"counter_dir": str(counter), "name": "t", "retry_after": 4.0, "value": "ok"},
+                ),
+                limits=["api"],
+            )
+        ],
+    )
+    first = client.submit(throttled)
+    deadline = time.monotonic() + 30
+    while not (counter / "t").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    answered_429_at = time.time()
+    time.sleep(0.3)  # the branch runner has cooled the key down by now
+    record = tmp_path / "calls"
+    record.mkdir()
+    after = client.submit(_timed(record, 24, "api", 0.2)).wait(timeout=60)
+    assert after.status is JobStatus.SUCCEEDED
+    assert first.wait(timeout=30).status is JobStatus.SUCCEEDED
+    earliest = min(start for start, _ in intervals(str(record)))
+    waited = earliest - answered_429_at
+    print(f"\n429 with Retry-After 4 s; the other job's first call started {waited:.2f}s later")
+    assert earliest >= answered_429_at + 3.5
+    assert len(recorded_pids(str(record))) == 3  # every worker waited it out, then ran branches
