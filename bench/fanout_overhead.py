@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,11 +34,11 @@ import redis
 from celery import Celery, chord, group
 
 from bench.experiments import EXPERIMENTS, apply_experiments
+from bench.server import redis_url
 from bench.tasks import NOOP_PATH, PY_QUEUE, register_plain_tasks
 from fanflow.app import CONTROL_QUEUE, celery_config, create_app
 from fanflow.client import Client
 from fanflow.config import Settings
-from fanflow.embedded import EmbeddedRedis
 from fanflow.result import JobStatus
 from fanflow.spec import FanOut, PyCall, Subtask
 
@@ -436,16 +435,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--sizes, --repeat and --warmup-size must be positive")
     args.concurrency = args.concurrency or DEFAULT_CONCURRENCY[args.pool]
     return args
-
-
-@contextlib.contextmanager
-def redis_url(given: str | None) -> Iterator[tuple[str, str]]:
-    """The Redis to use and how to describe it (never the URL: it may hold a password)."""
-    if given:
-        yield given, "given URL"
-        return
-    with EmbeddedRedis() as server:
-        yield server.url, "embedded redis-server"
 
 
 def measure(bench: Bench, args: argparse.Namespace) -> list[Run]:

@@ -16,7 +16,6 @@ Run from the repository root: ``python -m bench.ratelimit [--seconds 5] [--smoke
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import random
@@ -25,13 +24,13 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 
 from bench.rate_compare import compare
-from fanflow.embedded import EmbeddedRedis
+from bench.server import redis_url
 from fanflow.ratelimit import Admission, Limit, Limiter
 
 TARGET_RATE = 2000.0
@@ -198,16 +197,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.processes < 1 or args.threads < 1 or args.seconds <= 0:
         parser.error("--processes, --threads and --seconds must be positive")
     return args
-
-
-@contextlib.contextmanager
-def redis_url(given: str | None) -> Iterator[tuple[str, str]]:
-    """The Redis to use and how to describe it (never the URL: it may hold a password)."""
-    if given:
-        yield given, "given URL"
-        return
-    with EmbeddedRedis() as server:
-        yield server.url, "embedded redis-server"
 
 
 def main(argv: list[str] | None = None) -> int:

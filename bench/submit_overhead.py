@@ -18,7 +18,6 @@ Run from the repository root: ``python -m bench.submit_overhead [--sizes 10000] 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -28,7 +27,7 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +35,12 @@ from typing import Any, Literal
 import redis
 from celery import Celery, chord, group
 
+from bench.server import redis_url
 from bench.tasks import NOOP_PATH, PY_QUEUE, register_plain_tasks
 from fanflow.app import create_app
 from fanflow.canvas import group_id
 from fanflow.client import Client
 from fanflow.config import Settings
-from fanflow.embedded import EmbeddedRedis
 from fanflow.spec import FanOut, PyCall, Subtask
 
 System = Literal["fanflow", "celery"]
@@ -178,16 +177,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.sizes or min(args.sizes) < 1 or args.repeat < 1:
         parser.error("--sizes and --repeat must be positive")
     return args
-
-
-@contextlib.contextmanager
-def redis_url(given: str | None) -> Iterator[tuple[str, str]]:
-    """The Redis to use and how to describe it (never the URL: it may hold a password)."""
-    if given:
-        yield given, "given URL"
-        return
-    with EmbeddedRedis() as server:
-        yield server.url, "embedded redis-server"
 
 
 def measure(bench: Bench, args: argparse.Namespace) -> tuple[list[Run], dict[str, float]]:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from fanflow.admission import Gate
 from fanflow.backend import backend_url
@@ -57,7 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         # Chord keys are re-expired on every part; results live in the job store anyway.
         "result_expires": settings.result_ttl_s,
-        "task_queues": [Queue(name) for name in ALL_QUEUES],
+        # Each queue on a direct exchange of its own name: messages go by queue name (the anonymous
+        # exchange) either way, but a bare Queue(name) would bind every queue to the default
+        # exchange under one routing key, and a message sent there would land in all four.
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES],
         "task_default_queue": CONTROL_QUEUE,
         "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_events,

@@ -81,10 +81,12 @@ class Client:
         return cls(create_app(settings), **kwargs)
 
     def close(self) -> None:
-        """Close this client's connections to the job store and the broker (idle ones reopen on use)."""
+        """Close this client's job-store connections (they reopen on use).
+
+        The broker's connections stay: kombu pools them per broker URL for the whole process, so
+        closing them here would break every other client of the same broker.
+        """
         self.store.client.connection_pool.disconnect()
-        broker: Any = self.app.pool  # kombu's connection pool (typed as a producer pool in the stubs)
-        broker.force_close_all()
 
     def __enter__(self) -> Client:
         return self

@@ -17,25 +17,9 @@ from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
 from tests.callables import intervals, max_overlap, max_starts_in_window, recorded_pids
 from tests.e2e.conftest import REPO_ROOT, StartWorker, worker_env
+from tests.specs import timed_fanout
 
 pytestmark = pytest.mark.e2e
-
-
-def _timed(record_dir: Path, count: int, key: str, delay: float) -> FanOut:
-    return FanOut(
-        name="limited",
-        subtasks=[
-            Subtask(
-                key=f"b{index:03d}",
-                run=PyCall(
-                    function="tests.callables:timed_call",
-                    kwargs={"record_dir": str(record_dir), "name": f"b{index:03d}", "delay": delay},
-                ),
-                limits=[key],
-            )
-            for index in range(count)
-        ],
-    )
 
 
 def _three_workers(redis_url: str, key_prefix: str, start_worker: StartWorker) -> Client:
@@ -55,7 +39,7 @@ def test_a_request_rate_holds_across_three_workers_and_is_used(
     record.mkdir()
     client = _three_workers(e2e_redis_url, key_prefix, start_worker)
     limiter_of(client.app).set_limit(Limit(key="svc", requests=rate, window_s=1.0))
-    result = client.submit(_timed(record, 60, "svc", 0.05)).wait(timeout=120)
+    result = client.submit(timed_fanout(record, 60, "svc", 0.05)).wait(timeout=120)
     assert result.status is JobStatus.SUCCEEDED
     spans = intervals(str(record))
     assert len(spans) == 60
@@ -75,7 +59,7 @@ def test_a_concurrency_limit_holds_across_three_workers(
     record.mkdir()
     client = _three_workers(e2e_redis_url, key_prefix, start_worker)
     limiter_of(client.app).set_limit(Limit(key="pool", concurrency=3))
-    result = client.submit(_timed(record, 24, "pool", 0.4)).wait(timeout=120)
+    result = client.submit(timed_fanout(record, 24, "pool", 0.4)).wait(timeout=120)
     assert result.status is JobStatus.SUCCEEDED
     peak = max_overlap(intervals(str(record)))
     print(f"\nconcurrency 3 over 3 workers x 8 threads: peak {peak} in flight")
@@ -184,7 +168,7 @@ def test_a_429_cools_the_key_down_for_every_worker(
     time.sleep(0.3)  # the branch runner has cooled the key down by now
     record = tmp_path / "calls"
     record.mkdir()
-    after = client.submit(_timed(record, 24, "api", 0.2)).wait(timeout=60)
+    after = client.submit(timed_fanout(record, 24, "api", 0.2)).wait(timeout=60)
     assert after.status is JobStatus.SUCCEEDED
     assert first.wait(timeout=30).status is JobStatus.SUCCEEDED
     earliest = min(start for start, _ in intervals(str(record)))

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from amqp.exceptions import AMQPError
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from fanflow.app import ALL_QUEUES
 from fanflow.client import Client
@@ -48,7 +50,7 @@ def amqp_url() -> str:
     try:
         with connection:
             connection.ensure_connection(max_retries=1)
-    except (OSError, *connection.connection_errors) as error:
+    except (OSError, OperationalError, AMQPError) as error:  # refused, timed out, login refused
         _unreachable(f"{type(error).__name__}: {error}")
     return url
 
@@ -71,7 +73,7 @@ def rabbit_module(amqp_url: str, e2e_redis_url: str) -> Iterator[Rabbit]:
     """
     prefix = f"fanflow-e2e-rabbit-{secrets.token_hex(4)}"
     settings = Settings(
-        broker_url=amqp_url, result_backend=e2e_redis_url, store_url=e2e_redis_url,  # type: ignore[arg-type]
+        broker_url=amqp_url, result_backend=e2e_redis_url, store_url=e2e_redis_url,
         key_prefix=prefix, task_events=False,
     )  # fmt: skip
     client = Client.from_settings(settings)
@@ -84,14 +86,10 @@ def rabbit(rabbit_module: Rabbit, start_worker: StartWorker) -> Rabbit:
     """``rabbit_module`` with fanflow's queues purged (left-overs of earlier runs) and a worker on them."""
     app = rabbit_module.client.app
     with app.connection_for_write() as connection:
-        channel = connection.channel()
-        try:
-            for name in ALL_QUEUES:
-                queue = app.amqp.queues[name].bind(channel)  # declared as the worker declares it
-                queue.declare()
-                queue.purge()
-        finally:
-            channel.close()
+        for name in ALL_QUEUES:
+            queue = app.amqp.queues[name].bind(connection.default_channel)  # as the worker declares it
+            queue.declare()
+            queue.purge()
     env = worker_env(rabbit_module.amqp_url, rabbit_module.key_prefix)
     env["FANFLOW_RESULT_BACKEND"] = rabbit_module.redis_url
     worker = start_worker("rabbit", env=env, queues=",".join(ALL_QUEUES), concurrency=8)
@@ -108,7 +106,7 @@ def test_a_fan_out_over_rabbitmq_merges_once_in_declared_order(rabbit: Rabbit) -
     spec = FanOut(
         name="rabbit-fanout",
         subtasks=[_branch(f"b{i:02d}", "echo", value=f"v{i}", delay=0.05 * (i % 3)) for i in range(20)],
-        merge={"strategy": "concatenate"},  # type: ignore[arg-type]
+        merge={"strategy": "concatenate"},
     )
     handle = rabbit.client.submit(spec)
     result = handle.wait(timeout=60)
@@ -131,7 +129,7 @@ def test_a_failed_branch_is_merged_by_the_errback_and_retried_over_rabbitmq(
             _branch("late", "fail_unless_exists", path=str(marker), value=3),
             _branch("d", "echo", value=4),
         ],
-        failure={"policy": "best_effort"},  # type: ignore[arg-type]
+        failure={"policy": "best_effort"},
     )
     handle = rabbit.client.submit(spec)
     first = handle.wait(timeout=60)

@@ -12,6 +12,7 @@ from fanflow.app import limiter_of
 from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
 from tests.callables import calls, intervals, max_overlap, max_starts_in_window
+from tests.specs import timed_fanout
 
 pytestmark = pytest.mark.integration
 
@@ -20,27 +21,10 @@ def _key() -> str:
     return f"test-{secrets.token_hex(4)}"
 
 
-def _timed(record_dir: Path, count: int, key: str, delay: float) -> FanOut:
-    return FanOut(
-        name="limits",
-        subtasks=[
-            Subtask(
-                key=f"b{index}",
-                run=PyCall(
-                    function="tests.callables:timed_call",
-                    kwargs={"record_dir": str(record_dir), "name": f"b{index}", "delay": delay},
-                ),
-                limits=[key],
-            )
-            for index in range(count)
-        ],
-    )
-
-
 def test_a_concurrency_limit_holds(client: Client, tmp_path: Path) -> None:
     key = _key()
     limiter_of(client.app).set_limit(Limit(key=key, concurrency=2))
-    result = client.submit(_timed(tmp_path, 8, key, 0.3)).wait(timeout=60)
+    result = client.submit(timed_fanout(tmp_path, 8, key, 0.3)).wait(timeout=60)
     assert result.status is JobStatus.SUCCEEDED
     assert all(outcome.attempts == 1 for outcome in result.outcomes)
     assert max_overlap(intervals(str(tmp_path))) <= 2
@@ -53,7 +37,7 @@ def test_a_request_rate_holds_and_long_waits_are_deferred_without_counting(
 ) -> None:
     key = _key()
     limiter_of(client.app).set_limit(Limit(key=key, requests=4, window_s=1.0))
-    handle = client.submit(_timed(tmp_path, 16, key, 0.0))
+    handle = client.submit(timed_fanout(tmp_path, 16, key, 0.0))
     result = handle.wait(timeout=60)
     assert result.status is JobStatus.SUCCEEDED
     spans = intervals(str(tmp_path))
