@@ -26,3 +26,25 @@ def timed_fanout(
             for index in range(count)
         ],
     )
+
+
+def throttled_fanout(counter_dir: Path, limit_key: str, retry_after: float) -> FanOut:
+    """One branch consuming ``limit_key`` whose first call answers 429 (``RateLimitedError``)."""
+    return FanOut(
+        name="throttled",
+        subtasks=[
+            Subtask(
+                key="t",
+                run=PyCall(
+                    function="tests.callables:throttled_once",
+                    kwargs={
+                        "counter_dir": str(counter_dir),
+                        "name": "t",
+                        "retry_after": retry_after,
+                        "value": "ok",
+                    },
+                ),
+                limits=[limit_key],
+            )
+        ],
+    )

@@ -18,7 +18,7 @@ from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
 from tests.callables import intervals, max_overlap, max_starts_in_window, recorded_pids
 from tests.e2e.conftest import REPO_ROOT, StartWorker, WorkerProcess, worker_env
-from tests.specs import timed_fanout
+from tests.specs import throttled_fanout, timed_fanout
 
 pytestmark = pytest.mark.e2e
 
@@ -154,19 +154,7 @@ def test_a_429_cools_the_key_down_for_every_worker(
     limiter_of(client.app).set_limit(Limit(key="api", requests=1000, window_s=1.0))
     counter = tmp_path / "throttled"
     counter.mkdir()
-    throttled = FanOut(
-        name="throttled",
-        subtasks=[
-            Subtask(
-                key="t",
-                run=PyCall(
-                    function="tests.callables:throttled_once",
-                    kwargs={"counter_dir": str(counter), "name": "t", "retry_after": 4.0, "value": "ok"},
-                ),
-                limits=["api"],
-            )
-        ],
-    )
+    throttled = throttled_fanout(counter, "api", 4.0)
     first = client.submit(throttled)
     deadline = time.monotonic() + 30
     while not (counter / "t").exists() and time.monotonic() < deadline:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fanflow import Client, FanOut, PyCall, Subtask
+from fanflow import Client
 from fanflow.app import limiter_of
 from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
 from tests.callables import calls, intervals, max_overlap, max_starts_in_window
-from tests.specs import timed_fanout
+from tests.specs import throttled_fanout, timed_fanout
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,7 @@ def test_a_request_rate_holds_and_long_waits_are_deferred_without_counting(
 def test_a_429_cools_the_key_down_and_does_not_count_as_an_attempt(client: Client, tmp_path: Path) -> None:
     key = _key()
     limiter_of(client.app).set_limit(Limit(key=key, requests=1000, window_s=60))
-    spec = FanOut(
-        name="throttled",
-        subtasks=[
-            Subtask(
-                key="t",
-                run=PyCall(
-                    function="tests.callables:throttled_once",
-                    kwargs={"counter_dir": str(tmp_path), "name": "t", "retry_after": 0.5, "value": "ok"},
-                ),
-                limits=[key],
-            )
-        ],
-    )
+    spec = throttled_fanout(tmp_path, key, 0.5)
     result = client.submit(spec).wait(timeout=30)
     assert result.status is JobStatus.SUCCEEDED
     assert result.outcome("t").attempts == 1
