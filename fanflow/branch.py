@@ -30,6 +30,7 @@ from fanflow.errors import (
     TransientError,
 )
 from fanflow.executors import Execution, execute
+from fanflow.outage import OutageGuard
 from fanflow.ratelimit import Admission
 from fanflow.recovery import LeaseKeeper
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
@@ -48,7 +49,7 @@ _ERROR_MESSAGE_LIMIT = 2000
 DEFAULT_COOLDOWN_S = 5.0
 #: 429s in a row one branch takes without counting attempts before they count.
 MAX_THROTTLED = 20
-_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+_MAXCLIENTS = "max number of clients"
 
 logger = logging.getLogger("fanflow")
 
@@ -56,31 +57,38 @@ T = TypeVar("T")
 
 
 def ride_out(call: Callable[[], T], *, patience_s: float, what: str) -> T:
-    """Run a job-store call, retrying through a Redis blip of up to ``patience_s`` seconds.
+    """Run a job-store call, retrying through a Redis outage of up to ``patience_s`` seconds.
 
     A branch whose work is done must not lose its outcome because Redis restarted; waiting in
     place also keeps the message unacked (re-queueing through a broker that is down cannot work).
+    The retrying is ``OutageGuard``'s, as on the producer side; Redis refusing connections
+    (``maxclients``) is logged on every try, so a worker that cannot connect never retries silently.
 
     Raises:
         BackendError: Redis stayed unreachable (or refused connections) for ``patience_s``.
     """
-    deadline = time.monotonic() + patience_s
-    delay = 0.2
-    while True:
+
+    def attempt() -> T:
         try:
             return call()
-        except _OUTAGE_ERRORS as exc:
-            refused = "max number of clients" in str(exc)
-            if refused:
+        except redis.ConnectionError as exc:
+            if _MAXCLIENTS in str(exc):
                 logger.error(
                     "fanflow: Redis refused a connection (maxclients reached) while it %s: raise Redis's "
                     "maxclients or lower the workers' concurrency", what,
                 )  # fmt: skip
-            if time.monotonic() + delay > deadline:
-                reason = "refused connections (maxclients reached)" if refused else f"unreachable: {exc}"
-                raise BackendError(f"Redis {reason} for {patience_s:.0f}s while it {what}") from exc
-            time.sleep(delay)
-            delay = min(2.0, delay * 2)
+            raise
+
+    guard = OutageGuard(patience_s, "the job store's Redis")
+    try:
+        return guard.call(attempt, what)
+    except BackendError as exc:
+        if _MAXCLIENTS in str(exc.__cause__):
+            raise BackendError(
+                f"Redis refused connections (maxclients reached) for {patience_s:.0f}s while it {what}: "
+                "raise Redis's maxclients or lower the workers' concurrency"
+            ) from exc.__cause__
+        raise
 
 
 class BranchRunner:

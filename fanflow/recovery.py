@@ -113,10 +113,8 @@ class LeaseKeeper:
             except redis.RedisError as exc:
                 logger.warning("fanflow: heartbeat could not renew leases of job %s: %s", job_id, exc)
                 continue
-            for member in lost:
-                # Recorded meanwhile (normal), or taken over after this worker missed its heartbeats.
-                if member in self.held().get(job_id, {}):
-                    logger.debug("fanflow: lease of %s/%s is no longer held by this worker", job_id, member)
+            if lost:  # recorded meanwhile (normal), or taken over after missed heartbeats
+                logger.debug("fanflow: job %s: leases no longer held here: %s", job_id, ", ".join(lost))
 
 
 _TASK_ID = re.compile(rb'"id": "([^"]+)"')
@@ -236,7 +234,14 @@ class Sweeper:
             return {}
         sent = {"branches": 0, "lost": 0, "merges": 0}
         for job_id in self.store.active_jobs():
-            for name, count in self._sweep_job(job_id).items():
+            try:
+                counts = self._sweep_job(job_id)
+            except redis.RedisError:
+                raise  # Redis is down: the whole sweep waits for the next interval
+            except Exception:  # one broken job must not stop the recovery of every other job
+                logger.exception("fanflow: sweeping job %s failed", job_id)
+                continue
+            for name, count in counts.items():
                 sent[name] += count
         return sent
 
@@ -247,8 +252,6 @@ class Sweeper:
         if report.state != "active":
             self.store.deactivate(job_id)
             return {}
-        job = self.runner.job(job_id)
-        round_keys = self.store.round_keys(job_id) if report.round else None
         lost: list[str] = []
         if report.suspects:
             lost = self._lost(job_id, report.round, report.suspects)
@@ -264,7 +267,11 @@ class Sweeper:
                 job_id, ", ".join(lost[:20]),
             )  # fmt: skip
         resend = sorted(set(report.lapsed) | set(lost))
+        if not resend and not report.merge:
+            return {}
+        job = self.runner.job(job_id)  # only for what is sent again: most sweeps send nothing
         if resend:
+            round_keys = self.store.round_keys(job_id) if report.round else None
             republish_branches(self.app, job_id, job.spec, report.round, round_keys, resend)
         if report.merge:
             logger.warning("fanflow: job %s: round %d's merge did not finish; delivering it again",

@@ -34,7 +34,8 @@ MERGE_TASK = "fanflow.merge"
 
 logger = logging.getLogger("fanflow")
 
-_BACKEND_ERRORS = (redis.RedisError, BackendError)
+#: An outage that outlasted the branch's patience (other Redis errors are bugs: they fail the task).
+_BACKEND_ERRORS = (redis.ConnectionError, redis.TimeoutError, BackendError)
 
 
 def _retry_later(task: Task[Any, Any], exc: Exception) -> BaseException:

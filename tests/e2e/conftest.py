@@ -126,6 +126,17 @@ def worker_env(broker_url: str, key_prefix: str, visibility_timeout_s: int | Non
     return env
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m fanflow.cli ARGS`` with this environment less ``FANFLOW_*``, plus ``env``."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("FANFLOW_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fanflow.cli", *args],
+        cwd=cwd, env=clean | (env or {}), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def e2e_redis_url() -> Iterator[str]:
     """URL of a redis-server private to this test module."""

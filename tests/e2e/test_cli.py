@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -16,15 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fanflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")}
-    return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_run_example_on_the_embedded_redis_prints_the_job_result() -> None:

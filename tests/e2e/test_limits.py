@@ -3,10 +3,8 @@ per worker, so three workers at ``10/s`` start 30 a second)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from fanflow.app import limiter_of
 from fanflow.ratelimit import Limit
 from fanflow.result import JobStatus
 from tests.callables import intervals, max_overlap, max_starts_in_window, recorded_pids
-from tests.e2e.conftest import REPO_ROOT, StartWorker, WorkerProcess, worker_env
+from tests.e2e.conftest import StartWorker, WorkerProcess, run_cli, worker_env
 from tests.specs import throttled_fanout, timed_fanout
 
 pytestmark = pytest.mark.e2e
@@ -76,14 +74,10 @@ def test_a_concurrency_limit_holds_across_three_workers(
 
 
 def test_the_limits_command_sets_shows_resets_and_deletes(e2e_redis_url: str, key_prefix: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")}
-    env |= {"FANFLOW_BROKER_URL": e2e_redis_url, "FANFLOW_KEY_PREFIX": key_prefix}
+    env = {"FANFLOW_BROKER_URL": e2e_redis_url, "FANFLOW_KEY_PREFIX": key_prefix}
 
     def fanflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "fanflow.cli", "limits", *args],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        return run_cli("limits", *args, env=env, timeout=60)
 
     done = fanflow("set", "openai:gpt-4o-mini", "--requests", "500", "--per", "1m", "--tokens", "200000",
                    "--concurrency", "50")  # fmt: skip

@@ -6,10 +6,8 @@ worker: what is tested is the producer's side.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,10 +23,10 @@ from fanflow.embedded import EmbeddedRedis
 from fanflow.errors import BackendError
 from fanflow.result import JobStatus
 from fanflow.spec import ConcatenateMerge, FanOut, PyCall, Subtask
+from tests.e2e.conftest import run_cli
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 2.0
 #: Beyond the grace: one last attempt (connection refused at once on loopback) and process start-up.
 SLACK_S = 3.0
@@ -136,15 +134,8 @@ def test_submit_with_the_broker_gone_leaves_nothing_behind(server: EmbeddedRedis
 
 
 def _fanflow(env_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FANFLOW_")}
-    env.update(FANFLOW_BROKER_URL=env_url, FANFLOW_OUTAGE_GRACE_S=str(GRACE_S))
-    return subprocess.run(
-        [sys.executable, "-m", "fanflow.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return run_cli(
+        *args, env={"FANFLOW_BROKER_URL": env_url, "FANFLOW_OUTAGE_GRACE_S": str(GRACE_S)}, timeout=60
     )
 
 
