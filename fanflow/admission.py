@@ -20,13 +20,15 @@ that lease lapses.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fanflow.ratelimit import Admission, Limiter, Refusal
+from fanflow.ratelimit.headers import parse_headers
 from fanflow.result import Usage
 
 __all__ = ["CANCELLED", "Cancelled", "Deferral", "Gate"]
@@ -58,11 +60,14 @@ class Gate:
         *,
         wait_in_slot_s: float = 2.0,
         max_countdown_s: float = 300.0,
+        observe_interval_s: float = 0.25,
     ) -> None:
         self.limiter = limiter
         self.wait_in_slot_s = wait_in_slot_s
         self.max_countdown_s = max_countdown_s
         self._held: dict[str, Admission] = {}
+        self._observed: dict[str, float] = {}
+        self.observe_interval_s = observe_interval_s
         self._lock = threading.Lock()
 
     def admit(
@@ -115,6 +120,27 @@ class Gate:
         """A provider said 429: every worker waits ``seconds`` on each of ``keys``."""
         for key in keys:
             self.limiter.cooldown(key, seconds)
+
+    def observe(self, key: str, headers: Mapping[str, str]) -> None:
+        """Feed a response's rate-limit headers to the shared state of ``key``.
+
+        Headers that say stop (a ``retry-after``, a dimension with little left) are passed on at
+        once; routine ones at most every ``observe_interval_s`` per key and process, so a worker
+        with hundreds of calls in flight does not add a Redis round trip to each of them.
+        """
+        parsed = parse_headers(headers)
+        if not parsed.windows and parsed.retry_after_s is None:
+            return
+        urgent = parsed.retry_after_s is not None or any(
+            w.remaining is not None and (w.remaining == 0 or (w.limit and w.remaining <= w.limit * 0.1))
+            for w in parsed.windows.values()
+        )
+        now = time.monotonic()
+        with self._lock:
+            if not urgent and now - self._observed.get(key, -math.inf) < self.observe_interval_s:
+                return
+            self._observed[key] = now
+        self.limiter.observe_headers(key, headers)
 
     def renew(self) -> None:
         """Extend the leases of the admissions held now (called by the worker's heartbeat)."""

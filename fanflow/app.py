@@ -13,19 +13,43 @@ from fanflow.backend import backend_url
 from fanflow.branch import BranchRunner
 from fanflow.config import Settings
 from fanflow.errors import ConfigError
+from fanflow.executors.llm.providers import configure as configure_models
 from fanflow.ratelimit import Limiter
 from fanflow.recovery import BrokerProbe, LeaseKeeper, Sweeper
 from fanflow.store import JobStore
 from fanflow.tasks import ChordFailureLogFilter, register_tasks
 from fanflow.transport import transport_for
 
-__all__ = ["CONTROL_QUEUE", "QUEUES", "create_app", "limiter_of", "store_of"]
+__all__ = [
+    "CONTROL_QUEUE",
+    "QUEUES",
+    "QUEUE_CONCURRENCY",
+    "create_app",
+    "default_concurrency",
+    "limiter_of",
+    "store_of",
+]
 
 #: The queue of each kind of work, so each can be scaled on its own.
 QUEUES: dict[str, str] = {"python": "fanflow.py", "llm": "fanflow.llm", "agent": "fanflow.agent"}
 #: Merges and other bookkeeping.
 CONTROL_QUEUE = "fanflow.control"
 ALL_QUEUES = [*QUEUES.values(), CONTROL_QUEUE]
+#: Worker threads per queue when ``fanflow worker`` is given no ``-c``: model calls wait on the
+#: network (hundreds in flight per process), agents are whole processes, Python callables and merges
+#: use the CPU. A worker consuming several queues takes the largest of theirs, except that model
+#: calls only set it when they are the worker's only work besides ``fanflow.control``.
+QUEUE_CONCURRENCY: dict[str, int] = {"fanflow.llm": 500, "fanflow.agent": 4, "fanflow.py": 16,
+                                     CONTROL_QUEUE: 16}  # fmt: skip
+
+
+def default_concurrency(queues: list[str]) -> int:
+    """The worker threads ``fanflow worker -Q queues`` starts without ``-c``."""
+    work = [q for q in queues if q != CONTROL_QUEUE]
+    if not work:
+        return QUEUE_CONCURRENCY[CONTROL_QUEUE]
+    others = [q for q in work if q != QUEUES["llm"]] or work
+    return max(QUEUE_CONCURRENCY.get(q, 16) for q in others)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -90,6 +114,7 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
         set_as_current=False,
     )
     app.conf.update(celery_config(settings))
+    configure_models(providers=settings.providers, prices=settings.prices)
     store = JobStore.from_url(
         store_url, prefix=settings.key_prefix, ttl_s=settings.result_ttl_s,
         max_connections=settings.store_max_connections or 64,

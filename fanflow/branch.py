@@ -14,27 +14,29 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 
-from fanflow.admission import Cancelled, Deferral, Gate
+from fanflow.admission import Deferral, Gate
 from fanflow.errors import (
     BackendError,
     BranchTimeoutError,
     DeadlineExceededError,
     DeliveryCapError,
     JobNotFoundError,
+    OutputValidationError,
     RateLimitedError,
     SuccessCriteriaError,
     TransientError,
 )
-from fanflow.executors import Execution, execute
+from fanflow.executors import BranchInput, Execution, Executor, executor_for
 from fanflow.outage import OutageGuard
-from fanflow.ratelimit import Admission
 from fanflow.recovery import LeaseKeeper
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
 from fanflow.spec import AllOrNothing, RetryPolicy, Subtask, SuccessCriteria
+from fanflow.spending import BudgetExhausted, Spending, Ticket
 from fanflow.store import JobStore, StoredJob
 
 __all__ = ["RUNNING", "WAIT", "BranchRunner", "check_success", "is_retryable", "ride_out"]
@@ -107,6 +109,7 @@ class BranchRunner:
     ) -> None:
         self.store = store
         self.gate = gate
+        self.spending = Spending(store, gate)
         self.delivery_cap = delivery_cap
         self.lease_s = lease_s
         self.keeper = keeper or LeaseKeeper(store, lease_s=lease_s)
@@ -221,72 +224,177 @@ class BranchRunner:
                 ),
             )  # fmt: skip
 
-    def _admit(
-        self, job_id: str, subtask: Subtask, *, may_defer: bool
-    ) -> Admission | Deferral | Cancelled | None:
-        if self.gate is None or not subtask.limits:
-            return None
-        return self.gate.admit(
-            subtask.limits, Usage(), may_defer=may_defer,
-            cancelled=lambda: self.store.cancel_reason(job_id) is not None,
-        )  # fmt: skip
-
     def _execute(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
     ) -> SubtaskOutcome | Deferral:
         started = time.time()
-        policy = subtask.retry
-        attempt = throttled = 0
+        executor = executor_for(subtask.run.kind)
+        branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars,
+                             timeout_s=subtask.timeout_s)  # fmt: skip
+        try:
+            original = prepared = executor.prepare(subtask.run, branch)
+        except Exception as exc:  # noqa: BLE001 - a template that cannot be filled fails the branch
+            return _failed(subtask.key, round_, exc, attempts=0, usage=Usage(), started_at=started,
+                           worker=worker)  # fmt: skip
+        keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
+        state = _Attempts(keys=keys)
+
+        def cancelled() -> bool:
+            return self.store.cancel_reason(job_id) is not None
+
         while True:
             # Before the first attempt a long wait for the limits frees the thread (a Deferral).
-            admission = self._admit(job_id, subtask, may_defer=attempt == 0)
-            if isinstance(admission, Deferral):
-                return admission
-            if isinstance(admission, Cancelled):
-                return _cancelled(subtask.key, round_, self.store.cancel_reason(job_id), attempt)
-            attempt += 1
-            execution = _attempt(job, subtask)
-            if isinstance(execution, Execution):
-                if self.gate is not None:
-                    self.gate.settle(admission, execution.usage)
-                return SubtaskOutcome(
-                    key=subtask.key, status=OutcomeStatus.SUCCEEDED, output=execution.output,
-                    attempts=attempt, usage=execution.usage, round=round_, worker=worker,
-                    started_at=started, finished_at=time.time(),
-                )  # fmt: skip
-            error = execution
-            if self.gate is not None:
-                self.gate.release(admission)
-                if isinstance(error, RateLimitedError) and subtask.limits and throttled < MAX_THROTTLED:
-                    # The provider knows better than our counters: every worker cools down, and
-                    # this attempt does not count.
-                    self.gate.cool_down(subtask.limits, error.retry_after_s or DEFAULT_COOLDOWN_S)
-                    attempt -= 1
-                    throttled += 1
+            ticket = self.spending.admit(
+                job_id, keys, executor.estimate(prepared), budget=job.spec.budget,
+                model=getattr(subtask.run, "model", None), may_defer=state.attempt == 0, cancelled=cancelled,
+            )  # fmt: skip
+            if isinstance(ticket, Deferral):
+                return ticket
+            if not isinstance(ticket, Ticket):
+                reason = "budget" if isinstance(ticket, BudgetExhausted) else self.store.cancel_reason(job_id)
+                return _cancelled(subtask.key, round_, reason, state.attempt, state.spent)
+            state.attempt += 1
+            result = _attempt(job, subtask, executor, prepared)
+            if isinstance(result, Execution):
+                self.spending.settle(job_id, ticket, result, key=subtask.key)
+                state.spent += result.usage
+                judged = _judge(subtask, result)
+                if not isinstance(judged, BaseException):
+                    return SubtaskOutcome(
+                        key=subtask.key, status=OutcomeStatus.SUCCEEDED, output=judged.output,
+                        attempts=state.attempt, usage=state.spent, round=round_, worker=worker,
+                        started_at=started, finished_at=time.time(),
+                    )  # fmt: skip
+                # The call worked but its answer was rejected: a model is asked again with the
+                # reasons fed back (the original request plus this answer only, never the history).
+                next_step = self._after_rejection(job_id, job, subtask, executor, judged, state)
+                if next_step == "again" and isinstance(judged, OutputValidationError):
+                    prepared = executor.feedback(original, judged)
                     continue
-            retryable = is_retryable(error, policy)
-            if retryable and attempt < policy.attempts:
-                delay = _retry_delay(error, policy, attempt)
-                deadline = job.deadline_at
-                if deadline is None or time.time() + delay < deadline:
-                    reason = self.store.cancel_reason(job_id)
-                    if reason:
-                        return _cancelled(subtask.key, round_, reason, attempt)
-                    time.sleep(delay)
+                error: BaseException = judged
+                if isinstance(judged, OutputValidationError):
+                    error = _final_rejection(judged, state.attempt, executor.retries_rejections)
+            else:
+                self.spending.release(job_id, ticket, key=subtask.key)
+                next_step = self._after_error(job_id, job, subtask, result, state)
+                if next_step == "again":
                     continue
-            return _failed(subtask.key, round_, error, attempts=attempt, usage=Usage(), started_at=started,
-                           worker=worker)  # fmt: skip
+                error = result
+            if next_step == "cancelled":
+                return _cancelled(subtask.key, round_, self.store.cancel_reason(job_id), state.attempt,
+                                  state.spent)  # fmt: skip
+            return _failed(subtask.key, round_, error, attempts=state.attempt, usage=state.spent,
+                           started_at=started, worker=worker)  # fmt: skip
+
+    def _after_rejection(
+        self,
+        job_id: str,
+        job: StoredJob,
+        subtask: Subtask,
+        executor: Executor,
+        error: BaseException,
+        state: _Attempts,
+    ) -> str:
+        """After a rejected answer: ``again`` (with feedback), ``cancelled`` or ``fail``."""
+        if not isinstance(error, OutputValidationError) or not executor.retries_rejections:
+            return "fail"
+        if state.attempt >= subtask.retry.attempts or _past(job):
+            return "fail"
+        return "cancelled" if self.store.cancel_reason(job_id) else "again"
+
+    def _after_error(
+        self, job_id: str, job: StoredJob, subtask: Subtask, error: Exception, state: _Attempts
+    ) -> str:
+        """After a failed call: ``again`` (after a cool-down or a backoff), ``cancelled`` or ``fail``."""
+        throttled = isinstance(error, RateLimitedError) and state.throttled < MAX_THROTTLED
+        if self.gate is not None and throttled and state.keys:
+            # The provider knows better than our counters: every worker cools down, and this
+            # attempt does not count.
+            retry_after = error.retry_after_s if isinstance(error, RateLimitedError) else None
+            self.gate.cool_down(state.keys, retry_after or DEFAULT_COOLDOWN_S)
+            state.attempt -= 1
+            state.throttled += 1
+            return "again"
+        policy = subtask.retry
+        if not is_retryable(error, policy) or state.attempt >= policy.attempts:
+            return "fail"
+        delay = _retry_delay(error, policy, state.attempt)
+        deadline = job.deadline_at
+        if deadline is not None and time.time() + delay >= deadline:
+            return "fail"
+        if self.store.cancel_reason(job_id):
+            return "cancelled"
+        time.sleep(delay)
+        return "again"
 
 
-def _cancelled(key: str, round_: int, reason: str | None, attempts: int = 0) -> SubtaskOutcome:
-    why = "a sibling failed under all_or_nothing" if reason == "failure" else "the job was cancelled"
+@dataclass(slots=True)
+class _Attempts:
+    """Where a branch's attempts stand."""
+
+    keys: list[str]
+    attempt: int = 0
+    throttled: int = 0
+    spent: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    output: Any
+
+
+def _judge(subtask: Subtask, execution: Execution) -> _Accepted | BaseException:
+    """The attempt's output if it is accepted, else why not."""
+    if execution.rejection is not None:
+        return execution.rejection
+    try:
+        output = _json_output(execution.output)
+    except TypeError as exc:
+        return exc
+    if subtask.success is not None:
+        try:
+            check_success(output, subtask.success)
+        except SuccessCriteriaError as exc:
+            return OutputValidationError(str(exc), raw=_raw_text(output))
+    return _Accepted(output)
+
+
+def _past(job: StoredJob) -> bool:
+    deadline = job.deadline_at
+    return deadline is not None and time.time() >= deadline
+
+
+def _raw_text(output: Any) -> str:
+    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+
+
+def _final_rejection(rejection: OutputValidationError, attempts: int, fed_back: bool) -> SuccessCriteriaError:
+    """The error a branch fails with when its last answer was rejected."""
+    if not fed_back:
+        return SuccessCriteriaError(str(rejection))
+    asked = "once" if attempts == 1 else f"{attempts} times"
+    message = f"asked {asked}; the last answer was rejected: {rejection}"
+    return OutputValidationError(message, raw=rejection.raw)
+
+
+_CANCEL_REASONS = {
+    "failure": "a sibling failed under all_or_nothing",
+    "budget": "budget exhausted",
+}
+
+
+def _cancelled(
+    key: str, round_: int, reason: str | None, attempts: int = 0, usage: Usage | None = None
+) -> SubtaskOutcome:
+    why = _CANCEL_REASONS.get(reason or "", "the job was cancelled")
+    kind = "BudgetExhausted" if reason == "budget" else "Cancelled"
     return SubtaskOutcome(
         key=key, status=OutcomeStatus.CANCELLED, round=round_, attempts=attempts, finished_at=time.time(),
-        error=ErrorInfo(type="Cancelled", message=f"stopped: {why}", retryable=True),
+        usage=usage or Usage(), error=ErrorInfo(type=kind, message=f"stopped: {why}", retryable=True),
     )  # fmt: skip
 
 
-def _attempt(job: StoredJob, subtask: Subtask) -> Execution | Exception:
+def _attempt(job: StoredJob, subtask: Subtask, executor: Executor, prepared: Any) -> Execution | Exception:
     """One attempt: the execution, or the exception it ended with."""
     try:
         deadline = job.deadline_at
@@ -299,22 +407,18 @@ def _attempt(job: StoredJob, subtask: Subtask) -> Execution | Exception:
             bound_by_deadline = timeout is None or remaining < timeout
             timeout = remaining if timeout is None else min(timeout, remaining)
         try:
-            execution = _call_with_timeout(subtask, job.spec.context, timeout)
+            return _call_with_timeout(executor, prepared, timeout, subtask.key)
         except BranchTimeoutError:
             if bound_by_deadline:
                 raise DeadlineExceededError(f"the job's deadline_s={job.spec.deadline_s} passed") from None
             raise
-        output = _json_output(execution.output)
-        if subtask.success is not None:
-            check_success(output, subtask.success)
-        return Execution(output=output, usage=execution.usage)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the branch's outcome
         return exc
 
 
-def _call_with_timeout(subtask: Subtask, context: Any, timeout: float | None) -> Execution:
+def _call_with_timeout(executor: Executor, prepared: Any, timeout: float | None, key: str) -> Execution:
     if timeout is None:
-        return execute(subtask.run, context)
+        return executor.execute(prepared)
     # The threads pool ignores Celery's time limits, so the branch enforces its own. A Python thread
     # cannot be killed: on timeout the call is abandoned (it finishes in the background, its result
     # discarded) and the branch fails with BranchTimeoutError.
@@ -322,11 +426,11 @@ def _call_with_timeout(subtask: Subtask, context: Any, timeout: float | None) ->
 
     def target() -> None:
         try:
-            box["execution"] = execute(subtask.run, context)
+            box["execution"] = executor.execute(prepared)
         except BaseException as exc:  # noqa: BLE001 - handed back to the waiting thread
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name=f"fanflow-branch-{subtask.key}", daemon=True)
+    thread = threading.Thread(target=target, name=f"fanflow-branch-{key}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():

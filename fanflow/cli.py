@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,16 +14,16 @@ import redis
 from kombu.exceptions import KombuError
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fanflow.app import ALL_QUEUES, limiter_of
+from fanflow.app import ALL_QUEUES, default_concurrency, limiter_of
 from fanflow.client import Client, JobHandle
 from fanflow.config import Settings
-from fanflow.errors import ConfigError, FanflowError, JobTimeoutError, SpecError
+from fanflow.errors import ConfigError, FanflowError, SpecError
 from fanflow.outage import describe_exception, is_outage
 from fanflow.ratelimit import Limit, Limiter
 from fanflow.result import JobResult, JobStatus, OutcomeStatus
+from fanflow.watching import follow
 
 __all__ = ["main"]
 
@@ -61,6 +60,31 @@ def _add_import_paths(spec: Path) -> None:
 
 
 @contextlib.contextmanager
+def _fake_model_server(latency_s: float) -> Iterator[None]:
+    """A fake model server for this process's model calls (OpenAI and Anthropic wire formats)."""
+    import os
+
+    from fanflow.dev.fake_llm import FakeLLM
+
+    with FakeLLM(latency_s=latency_s) as server:
+        names = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
+        saved = {name: os.environ.get(name) for name in names}
+        os.environ.update({
+            "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_API_KEY": "fake-key",
+            "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "fake-key",
+        })  # fmt: skip
+        console.print(f"[dim]model calls go to a fake model server on {server.url}[/]")
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@contextlib.contextmanager
 def _local_client(settings: Settings, concurrency: int, local_worker: bool) -> Iterator[Client]:
     """A client on the configured broker, or on an embedded Redis with an in-process worker."""
     from fanflow.embedded import EmbeddedRedis, InProcessWorker
@@ -80,27 +104,10 @@ def _local_client(settings: Settings, concurrency: int, local_worker: bool) -> I
 
 
 def _follow(handle: JobHandle, timeout: float | None, show_progress: bool) -> JobResult:
-    """Wait for the job, drawing a progress bar of the current round on stderr."""
+    """Wait for the job; with ``show_progress``, draw its live view (progress, spend, branches) on stderr."""
     if not show_progress:
         return handle.wait(timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
-    )  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as progress:
-        meta = handle.progress()
-        bar = progress.add_task(meta.name, total=meta.size, failed="")
-        while True:
-            meta = handle.progress()
-            failed = f"[red]{meta.failed} failed[/]" if meta.failed else ""
-            progress.update(bar, total=meta.size, completed=meta.done, failed=failed)
-            result = handle.result()
-            if result is not None:
-                return result
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeoutError(f"job {handle.job_id} did not finish within {timeout}s")
-            time.sleep(0.1)
+    return follow(handle, console, timeout=timeout)
 
 
 def _print_result(result: JobResult, output: str) -> None:
@@ -108,16 +115,25 @@ def _print_result(result: JobResult, output: str) -> None:
         stdout.print(result.model_dump_json(indent=2), markup=False)
         return
     table = Table(title=f"{result.name} — job {result.job_id}", title_justify="left")
-    for column in ("branch", "status", "attempts", "seconds", "error"):
+    for column in ("branch", "status", "attempts", "seconds", "tokens", "error"):
         table.add_column(column)
     for outcome in result.outcomes:
         style = _STATUS_STYLE[outcome.status]
         seconds = f"{outcome.duration_s:.2f}" if outcome.duration_s is not None else ""
         error = f"{outcome.error.type}: {outcome.error.message}" if outcome.error else ""
+        tokens = f"{outcome.usage.total_tokens:,}" if outcome.usage.total_tokens else ""
         table.add_row(
-            outcome.key, f"[{style}]{outcome.status.value}[/]", str(outcome.attempts), seconds, error
+            outcome.key, f"[{style}]{outcome.status.value}[/]", str(outcome.attempts), seconds, tokens, error
         )
     console.print(table)
+    if result.usage_by_model:
+        usage_table = Table(title="usage by model", title_justify="left")
+        for column in ("model", "calls", "input tokens", "cached", "output tokens", "cost USD"):
+            usage_table.add_column(column, justify="left" if column == "model" else "right")
+        for model, used in [*result.usage_by_model.items(), ("total", result.usage)]:
+            usage_table.add_row(model, f"{used.calls:,}", f"{used.input_tokens:,}", f"{used.cached_tokens:,}",
+                                f"{used.output_tokens:,}", f"{used.cost_usd:.6f}")  # fmt: skip
+        console.print(usage_table)
     if result.merged is not None:
         merged = result.merged if isinstance(result.merged, str) else json.dumps(result.merged, indent=2)
         stdout.print(merged, markup=False)
@@ -126,6 +142,8 @@ def _print_result(result: JobResult, output: str) -> None:
         summary += (
             f"; flagged: {', '.join(result.flagged)} (re-run them with `fanflow retry {result.job_id}`)"
         )
+    if result.budget_exhausted:
+        summary += "; the budget ran out: branches not yet started were stopped"
     if result.error:
         summary += f"\n{result.error.type}: {result.error.message}"
     style = "green" if result.status is JobStatus.SUCCEEDED else "yellow"
@@ -178,7 +196,7 @@ def main() -> None:
       fanflow submit job.yaml                      # enqueue on the configured broker, print the job id
       fanflow watch JOB && fanflow result JOB -o json
       fanflow retry JOB --wait                     # re-run only the failed branches, merge again
-      fanflow worker -Q fanflow.llm -P threads -c 50
+      fanflow worker -Q fanflow.llm                # model calls: 500 threads by default
     """
 
 
@@ -192,16 +210,25 @@ def main() -> None:
 @click.option(
     "--progress/--no-progress", default=True, show_default=True, help="Draw a progress bar on stderr."
 )
+@click.option(
+    "--fake-llm", is_flag=True,
+    help="Answer model calls from a fake model server started here (offline demos; sets OPENAI_BASE_URL, "
+    "ANTHROPIC_BASE_URL and stand-in keys for this run).",
+)  # fmt: skip
 def run(
-    spec: Path, output: str, timeout: float | None, concurrency: int, local_worker: bool, progress: bool
-) -> None:
+    spec: Path, output: str, timeout: float | None, concurrency: int, local_worker: bool, progress: bool,
+    fake_llm: bool,
+) -> None:  # fmt: skip
     """Run the fan-out in SPEC (YAML or JSON) and print its result."""
     from fanflow.spec import load_spec
 
     fanout = load_spec(spec)  # fail on a bad spec before starting anything
     _add_import_paths(spec)
     settings = _settings()
-    with _local_client(settings, concurrency, local_worker) as client:
+    with contextlib.ExitStack() as stack:
+        if fake_llm:
+            stack.enter_context(_fake_model_server(latency_s=0.3))
+        client = stack.enter_context(_local_client(settings, concurrency, local_worker))
         handle = client.submit(fanout)
         console.print(f"[dim]job {handle.job_id}: {len(fanout.subtasks)} branches[/]")
         if settings.configured and not local_worker:
@@ -264,7 +291,7 @@ def result(job_id: str, output: str, wait_s: float | None) -> None:
 @main.command()
 @click.argument("job_id")
 def watch(job_id: str) -> None:
-    """Follow a job with a progress bar until it finishes."""
+    """Follow a job live until it finishes: progress, tokens, cost, burn rate and each branch's state."""
     handle = _client(_settings()).get(job_id)
     job_result = _follow(handle, None, True)
     console.print(f"job {job_result.status.value}", markup=False)
@@ -299,12 +326,29 @@ def cancel(job_id: str) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--queues", "-Q", default=",".join(ALL_QUEUES), show_default=True, help="Queues to consume.")
 @click.option("--pool", "-P", default="threads", show_default=True, help="threads, prefork, gevent or solo.")
-@click.option("--concurrency", "-c", type=int, default=8, show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=int,
+    default=None,
+    help="Worker threads. Default per queue: fanflow.llm alone 500, fanflow.py and fanflow.control "
+    "16, fanflow.agent 4 (a worker on several queues: the largest, model calls aside).",
+)
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, pool: str, concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Start a Celery worker for fanflow's queues (extra arguments go to `celery worker`)."""
+def worker(
+    queues: str, pool: str, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]
+) -> None:
+    """Start a Celery worker for fanflow's queues (extra arguments go to `celery worker`).
+
+    \b
+    Examples:
+      fanflow worker -Q fanflow.llm                  # model calls: 500 threads
+      fanflow worker -Q fanflow.py,fanflow.control   # Python callables and merges: 16 threads
+    """
     sys.path.insert(0, str(Path.cwd()))
+    if concurrency is None:
+        concurrency = default_concurrency([q.strip() for q in queues.split(",") if q.strip()])
     app = _client(_settings()).app
     argv = ["worker", "-Q", queues, "-P", pool, "-c", str(concurrency), "--loglevel", loglevel, *celery_args]
     app.worker_main(argv)
@@ -437,3 +481,25 @@ def limits_delete(key: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def dev() -> None:
+    """Tools for trying fanflow offline."""
+
+
+@dev.command("fake-llm")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8089, show_default=True)
+@click.option("--latency", type=float, default=0.0, show_default=True, help="Seconds each answer takes.")
+def dev_fake_llm(host: str, port: int, latency: float) -> None:
+    """Serve a fake model API (OpenAI chat completions and Anthropic messages) until Ctrl-C.
+
+    \b
+    Point fanflow's workers at it:
+      export OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=fake
+      export ANTHROPIC_BASE_URL=http://127.0.0.1:8089 ANTHROPIC_API_KEY=fake
+    """
+    from fanflow.dev.fake_llm import serve
+
+    serve(host, port, latency)

@@ -14,13 +14,14 @@ from celery import Celery
 from fanflow.app import create_app, store_of
 from fanflow.canvas import publish_round, republish_branches
 from fanflow.config import Settings
-from fanflow.errors import BackendError, FanflowError, JobTimeoutError, SpecError
+from fanflow.errors import BackendError, ConfigError, FanflowError, JobTimeoutError, SpecError
 from fanflow.executors import EXECUTABLE_KINDS
+from fanflow.executors.llm import check_call_templates, provider
 from fanflow.imports import import_object
 from fanflow.keys import active_jobs_key, idempotency_key, jobs_index_key
 from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
-from fanflow.result import JobResult, JobStatus
-from fanflow.spec import CustomMerge, FanOut, PyCall, SynthesizeMerge, load_spec, validate_fanout
+from fanflow.result import JobResult, JobStatus, Usage
+from fanflow.spec import CustomMerge, FanOut, LLMCall, PyCall, SynthesizeMerge, load_spec, validate_fanout
 from fanflow.store import JobMeta
 
 __all__ = ["Client", "JobHandle"]
@@ -198,11 +199,10 @@ class Client:
             if isinstance(subtask.run, PyCall) and subtask.run.function not in imported:
                 self._check_import(subtask.run.function, f"{where}.run.function")
                 imported.add(subtask.run.function)
+            elif isinstance(subtask.run, LLMCall):
+                _check_model_call(subtask.run, {"context", "key", *subtask.vars}, f"{where}.run")
         if isinstance(spec.merge, SynthesizeMerge):
-            raise SpecError(
-                "merge.strategy: 'synthesize' validates but needs the llm executor, which this version lacks",
-                field="merge.strategy",
-            )
+            _check_model_call(spec.merge.run, {"context", "results", "flagged"}, "merge.run")
         if isinstance(spec.merge, CustomMerge):
             self._check_import(spec.merge.function, "merge.function")
 
@@ -225,6 +225,15 @@ class Client:
         """
         self.outage.call(lambda: self.store.meta(job_id), f"job {job_id}: reading it")
         return JobHandle(self, job_id)
+
+
+def _check_model_call(call: LLMCall, names: set[str], where: str) -> None:
+    """Its provider is known here and every ``{name}`` in its templates will be filled in."""
+    try:
+        provider(call.model.partition(":")[0])
+    except ConfigError as exc:
+        raise SpecError(f"{where}.model: {exc}", field=f"{where}.model") from None
+    check_call_templates(call, names, field=where)
 
 
 class JobHandle:
@@ -258,6 +267,15 @@ class JobHandle:
             BackendError: Redis stayed unreachable for the outage grace.
         """
         return self._call(lambda: self.client.store.meta(self.job_id), "reading its progress")
+
+    def usage(self) -> dict[str, Usage]:
+        """What the job's calls spent so far, per model (merge calls included; raises like ``progress``)."""
+        return self._call(lambda: self.client.store.usage_by_model(self.job_id), "reading its usage")
+
+    def branches(self) -> dict[str, str]:
+        """Each branch's state now: ``queued``, ``running`` or its outcome's status (raises like
+        ``progress``)."""
+        return self._call(lambda: self.client.store.branch_states(self.job_id), "reading its branches")
 
     def status(self) -> JobStatus:
         """The job's status now (raises like ``progress``)."""

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanflow.errors import ConfigError
+from fanflow.executors.llm.providers import Price, ProviderConfig
 
 __all__ = ["Settings"]
 
@@ -52,6 +53,14 @@ class Settings(BaseSettings):
     limit_wait_in_slot_s: float = Field(
         2.0, ge=0, description="a branch its limits refuse waits this long in its thread; longer, it is "
         "sent again with a countdown (thread freed)",
+    )  # fmt: skip
+    providers: dict[str, ProviderConfig] = Field(
+        default_factory=dict, description="model providers besides openai, anthropic and ollama, as JSON: "
+        '{"vllm": {"api": "openai", "base_url": "http://host:8000/v1", "api_key_env": "VLLM_API_KEY"}}',
+    )  # fmt: skip
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="USD per million tokens, overriding the built-in table, as JSON: "
+        '{"openai:gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25}}',
     )  # fmt: skip
     store_max_connections: int | None = Field(
         None, ge=2, description="job-store connections per process (default: the worker's concurrency + 8)"

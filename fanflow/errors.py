@@ -19,6 +19,10 @@
         ├── BranchTimeoutError the branch ran past its ``timeout_s``
         ├── DeadlineExceededError the job's ``deadline_s`` passed before the branch could finish
         ├── SuccessCriteriaError  the output did not meet the branch's ``success`` criteria
+        │   └── OutputValidationError  a model's answer failed its schema or criteria: asked
+        │                      again with the reasons fed back, up to its attempts
+        ├── ProviderError      a model provider refused the request for good (400, 401, 404 ...)
+        ├── BudgetExhaustedError  the job's token / dollar budget is spent: the call was not made
         ├── DeliveryCapError   the branch's message came back too often (its worker kept dying)
         └── BranchFailedError  raised by a branch task *after* its failed outcome is recorded, so
                                Celery (and Flower) see a FAILURE with the branch's error
@@ -33,6 +37,7 @@ __all__ = [
     "BackendError",
     "BranchFailedError",
     "BranchTimeoutError",
+    "BudgetExhaustedError",
     "ConfigError",
     "DeadlineExceededError",
     "DeliveryCapError",
@@ -43,7 +48,9 @@ __all__ = [
     "JobTimeoutError",
     "MergeConflictError",
     "MergeError",
+    "OutputValidationError",
     "PoisonMessageError",
+    "ProviderError",
     "RateLimitedError",
     "SpecError",
     "SuccessCriteriaError",
@@ -139,6 +146,32 @@ class DeadlineExceededError(ExecutorError):
 
 class SuccessCriteriaError(ExecutorError):
     """The branch's output did not meet its ``success`` criteria."""
+
+
+class OutputValidationError(SuccessCriteriaError):
+    """A model's answer failed its ``output_schema`` (or its ``success`` criteria).
+
+    A model branch is asked again with the reasons fed back, up to its attempts.
+
+    Attributes:
+        raw: the model's answer text, shown to it on the next attempt.
+    """
+
+    def __init__(self, message: str, *, raw: str | None = None) -> None:
+        self.raw = raw
+        super().__init__(message)
+
+
+class ProviderError(ExecutorError):
+    """A model provider refused the request in a way a retry will not change (400, 401, 404 ...)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class BudgetExhaustedError(ExecutorError):
+    """The job's budget (tokens or dollars) is spent: this call was not made."""
 
 
 class DeliveryCapError(ExecutorError):

@@ -10,7 +10,10 @@ from fanflow.errors import MergeError
 from fanflow.merge import merge_outputs
 from fanflow.policy import evaluate_policy
 from fanflow.result import ErrorInfo, JobResult, JobStatus, OutcomeStatus, SubtaskOutcome, Usage
+from fanflow.spec import SynthesizeMerge
+from fanflow.spending import Spending
 from fanflow.store import JobStore
+from fanflow.synthesis import synthesize
 
 __all__ = ["finalize_job"]
 
@@ -23,8 +26,11 @@ def _lost(key: str, round_: int) -> SubtaskOutcome:
     )  # fmt: skip
 
 
-def finalize_job(store: JobStore, job_id: str, round_: int) -> JobResult:
-    """Build the job's result from its stored outcomes and save it (idempotent: same inputs, same result)."""
+def finalize_job(store: JobStore, job_id: str, round_: int, *, spending: Spending | None = None) -> JobResult:
+    """Build the job's result from its stored outcomes and save it (idempotent: same inputs, same result).
+
+    A ``synthesize`` merge makes its model call through ``spending`` (limits and budget).
+    """
     job = store.load_job(job_id)
     meta = store.meta(job_id)
     if round_ < meta.round:  # a late merge of an older round: the newer round owns the result
@@ -37,18 +43,27 @@ def finalize_job(store: JobStore, job_id: str, round_: int) -> JobResult:
     verdict = evaluate_policy(
         spec.failure, spec.subtasks, outcomes, cancel_reason=store.cancel_reason(job_id)
     )
-    status, error, merged = verdict.status, verdict.error, None
+    status, error, merged, merge_usage = verdict.status, verdict.error, None, Usage()
     if verdict.merges:
         try:
-            merged = merge_outputs(spec.merge, [o for o in outcomes if o.succeeded], context=spec.context)
+            if isinstance(spec.merge, SynthesizeMerge):
+                merged, merge_usage = synthesize(
+                    spec.merge, outcomes, context=spec.context, job_id=job_id, budget=spec.budget,
+                    spending=spending or Spending(store, None),
+                )  # fmt: skip
+            else:
+                merged = merge_outputs(spec.merge, [o for o in outcomes if o.succeeded], context=spec.context)
         except MergeError as exc:
             status, error = JobStatus.FAILED, ErrorInfo(type=type(exc).__name__, message=str(exc))
-    usage = sum((o.usage for o in outcomes), Usage())
+    by_model = store.usage_by_model(job_id)
+    usage = sum(by_model.values(), Usage()) if by_model else sum((o.usage for o in outcomes), Usage())
     fields = dict(
         job_id=job_id, name=spec.name, status=status, error=error, outcomes=outcomes,
         flagged=[o.key for o in outcomes if not o.succeeded],
         cancelled=[o.key for o in outcomes if o.status is OutcomeStatus.CANCELLED],
-        usage=usage, round=max(round_, meta.round), created_at=job.created_at, finished_at=time.time(),
+        usage=usage, usage_by_model=by_model, merge_usage=merge_usage,
+        budget_exhausted=store.cancel_reason(job_id) == "budget",
+        round=max(round_, meta.round), created_at=job.created_at, finished_at=time.time(),
     )  # fmt: skip
     try:
         result = JobResult.model_validate({**fields, "merged": merged})

@@ -32,6 +32,12 @@ class JobKeys:
         events: stream — progress events (started / finished / job), for ``fanflow watch``.
         result: string — the ``JobResult`` JSON once merged.
         final: stream — one entry per merge; ``wait()`` blocks on it.
+        usage: hash — what the job's calls spent, per model: ``<model>|in``, ``|out``, ``|cached``,
+            ``|cost`` (nano-USD), ``|calls``; every call counted once, merge calls included.
+        budget: hash — ``spent_tokens``, ``spent_cost`` (nano-USD), ``reserved_tokens``,
+            ``reserved_cost`` and one ``r:<id>`` field per open reservation (``tokens cost``).
+        reservations: sorted set — open budget reservation id → expiry in ms (a crashed worker's
+            reservation is given back when it lapses).
     """
 
     meta: str
@@ -47,6 +53,9 @@ class JobKeys:
     events: str
     result: str
     final: str
+    usage: str
+    budget: str
+    reservations: str
 
     @classmethod
     def of(cls, prefix: str, job_id: str) -> JobKeys:

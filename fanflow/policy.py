@@ -58,9 +58,12 @@ def evaluate_policy(
     match policy:
         case AllOrNothing():
             if first is None:  # nothing failed, yet not everything succeeded: cancelled branches
-                return Verdict(
-                    JobStatus.FAILED, ErrorInfo(type="Cancelled", message="branches were cancelled")
-                )
+                stopped = sum(1 for o in outcomes if o.status is OutcomeStatus.CANCELLED)
+                if cancel_reason == "budget":
+                    message = f"the job's budget is spent: {stopped} branches were not run"
+                    return Verdict(JobStatus.FAILED, ErrorInfo(type="BudgetExhausted", message=message))
+                message = f"{stopped} branches were cancelled"
+                return Verdict(JobStatus.FAILED, ErrorInfo(type="Cancelled", message=message))
             return Verdict(JobStatus.FAILED, _branch_error(first))
         case BestEffort():
             if succeeded == 0:

@@ -47,16 +47,30 @@ class _Result(BaseModel):
 class Usage(_Result):
     """Tokens and money a branch (or a job) spent."""
 
-    input_tokens: int = 0
+    input_tokens: int = Field(0, description="every prompt token billed, cache reads and writes included")
     output_tokens: int = 0
+    cached_tokens: int = Field(0, description="the part of input_tokens read from a prompt cache")
     cost_usd: float = 0.0
+    calls: int = Field(0, description="model calls made")
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
             cost_usd=round(self.cost_usd + other.cost_usd, 10),
+            calls=self.calls + other.calls,
         )
+
+    @property
+    def total_tokens(self) -> int:
+        """Input plus output tokens."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def is_zero(self) -> bool:
+        """True when nothing was spent."""
+        return self.total_tokens == 0 and self.calls == 0 and self.cost_usd == 0
 
 
 class ErrorInfo(_Result):
@@ -105,7 +119,10 @@ class JobResult(_Result):
     flagged: list[str] = Field(default_factory=list, description="keys of branches that did not succeed")
     cancelled: list[str] = Field(default_factory=list)
     error: ErrorInfo | None = None
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(default_factory=Usage, description="every call of the job, merge included")
+    usage_by_model: dict[str, Usage] = Field(default_factory=dict)
+    merge_usage: Usage = Field(default_factory=Usage, description="what the merge's own calls spent")
+    budget_exhausted: bool = Field(False, description="the budget ran out: branches were stopped")
     round: int = 0
     created_at: float | None = None
     finished_at: float | None = None

@@ -29,6 +29,7 @@ from fanflow.errors import SpecError
 from fanflow.imports import check_import_path
 
 __all__ = [
+    "RESERVED_VARS",
     "AgentRun",
     "AllOrNothing",
     "BestEffort",
@@ -59,6 +60,9 @@ BranchKey = Annotated[
     str,
     StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"),
 ]
+#: Template variables fanflow fills in itself; a subtask's ``vars`` cannot redefine them.
+RESERVED_VARS = frozenset({"context", "key", "results", "flagged"})
+TemplateName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]+:[^\s]+$")]
 
 
@@ -169,12 +173,23 @@ class Subtask(_Spec):
 
     key: BranchKey
     run: TaskSpec
+    vars: dict[TemplateName, JsonValue] = Field(
+        default_factory=dict, description="this branch's own template variables ({name} in prompts)"
+    )
     limits: list[str] = Field(default_factory=list)
     timeout_s: float | None = Field(None, gt=0)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     success: SuccessCriteria | None = None
     required: bool = False
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @field_validator("vars")
+    @classmethod
+    def _no_reserved_vars(cls, variables: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        reserved = sorted(set(variables) & RESERVED_VARS)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} is filled in by fanflow; choose another variable name")
+        return variables
 
 
 # --- merge ----------------------------------------------------------------------------------------

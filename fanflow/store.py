@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict
 
 from fanflow.errors import BackendError, JobNotFoundError
 from fanflow.keys import JobKeys, active_jobs_key, idempotency_key, jobs_index_key
-from fanflow.result import JobResult, JobStatus, SubtaskOutcome
-from fanflow.spec import FanOut
+from fanflow.result import JobResult, JobStatus, SubtaskOutcome, Usage
+from fanflow.spec import Budget, FanOut
 
-__all__ = ["MERGE_MEMBER", "BranchVerdict", "JobMeta", "JobStore", "StoredJob", "SweepReport"]
+__all__ = ["MERGE_MEMBER", "BranchVerdict", "JobMeta", "JobStore", "StoredJob", "SweepReport", "nano_usd"]
 
 EVENTS_MAXLEN = 20_000
 #: Connections of a process's job-store pool unless its worker sizes it (``resize_pool``).
@@ -31,6 +31,23 @@ DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_S = 30
 #: The member of a job's leases that stands for its merge (branch keys cannot contain ``#``).
 MERGE_MEMBER = "#merge"
+
+
+def nano_usd(dollars: float) -> int:
+    """Dollars as an integer count of nano-dollars (Redis counts integers exactly)."""
+    return round(dollars * 1e9)
+
+
+def _spec_keys(spec_json: str) -> list[str]:
+    return [subtask["key"] for subtask in json.loads(spec_json)["spec"]["subtasks"]]
+
+
+def _usage(fields: dict[str, int]) -> Usage:
+    return Usage(
+        input_tokens=fields.get("in", 0), output_tokens=fields.get("out", 0),
+        cached_tokens=fields.get("cached", 0), cost_usd=fields.get("cost", 0) / 1e9,
+        calls=fields.get("calls", 0),
+    )  # fmt: skip
 
 
 def _script(name: str) -> str:
@@ -138,6 +155,8 @@ class JobStore:
         self._renew = client.register_script(_script("renew_leases"))
         self._sweep = client.register_script(_script("sweep_job"))
         self._defer = client.register_script(_script("defer_branch"))
+        self._reserve_budget = client.register_script(_script("reserve_budget"))
+        self._record_spend = client.register_script(_script("record_spend"))
         self._local = threading.local()
         #: Set by a worker whose pool holds a connection per task thread (``resize_pool``).
         self.connection_per_thread = False
@@ -317,6 +336,52 @@ class JobStore:
         )
         return bool(deferred)
 
+    # --- spend and budget ---------------------------------------------------------------------------
+
+    def reserve_budget(
+        self, job_id: str, reservation: str, estimate: Usage, budget: Budget, *, lease_s: float
+    ) -> int:
+        """Reserve one call's estimated spend against the job's budget (``reserve_budget.lua``).
+
+        Returns 1 (reserved), 0 (wait: open reservations of running calls fill the budget for now)
+        or -1 (exhausted: the job's cancel flag is now ``budget``).
+        """
+        keys = self.keys(job_id)
+        max_cost = budget.max_cost_usd
+        reply = self._reserve_budget(
+            keys=[keys.budget, keys.reservations, keys.cancel],
+            args=[
+                reservation, estimate.total_tokens, nano_usd(estimate.cost_usd),
+                -1 if budget.max_tokens is None else budget.max_tokens,
+                -1 if max_cost is None else nano_usd(max_cost), int(lease_s * 1000), self.ttl_s,
+            ],
+            client=self._branch_client,
+        )  # fmt: skip
+        return int(reply[0])
+
+    def record_spend(
+        self, job_id: str, model: str, usage: Usage, *, reservation: str | None = None, key: str = ""
+    ) -> None:
+        """Count one call's real spend once, per model, and settle its budget reservation."""
+        keys = self.keys(job_id)
+        self._record_spend(
+            keys=[keys.usage, keys.budget, keys.reservations, keys.events],
+            args=[
+                model, usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                nano_usd(usage.cost_usd), usage.calls, reservation or "", self.ttl_s, EVENTS_MAXLEN, key,
+            ],
+            client=self._branch_client,
+        )  # fmt: skip
+
+    def usage_by_model(self, job_id: str) -> dict[str, Usage]:
+        """What the job's calls spent so far, per model (merge calls included)."""
+        raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).usage))
+        fields: dict[str, dict[str, int]] = {}
+        for name, value in raw.items():
+            model, _, field = name.rpartition("|")
+            fields.setdefault(model, {})[field] = int(value)
+        return {model: _usage(f) for model, f in sorted(fields.items())}
+
     def outcome(self, job_id: str, key: str) -> SubtaskOutcome | None:
         """One branch's latest outcome, if recorded."""
         raw = self.client.hget(self.keys(job_id).outcomes, key)
@@ -381,6 +446,30 @@ class JobStore:
         """Every branch's latest outcome, by key."""
         raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).outcomes))
         return {key: SubtaskOutcome.model_validate_json(value) for key, value in raw.items()}
+
+    def branch_states(self, job_id: str) -> dict[str, str]:
+        """Each branch of the current round: ``queued``, ``running``, or its latest outcome's status."""
+        keys = self.keys(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.spec)
+        pipe.hgetall(keys.outcomes)
+        pipe.zrange(keys.leases, 0, -1)
+        pipe.hget(keys.meta, "round")
+        spec_json, outcomes, running, round_ = pipe.execute()
+        if spec_json is None:
+            raise JobNotFoundError(f"no job {job_id!r} (unknown, or its results expired)")
+        current = int(round_ or 0)
+        states: dict[str, str] = {}
+        for key in _spec_keys(spec_json):
+            raw = outcomes.get(key)
+            outcome = SubtaskOutcome.model_validate_json(raw) if raw else None
+            if key in running:
+                states[key] = "running"
+            elif outcome is not None and (outcome.round >= current or outcome.succeeded):
+                states[key] = outcome.status.value
+            else:
+                states[key] = "queued"
+        return states
 
     def save_result(self, job_id: str, result: JobResult) -> bool:
         """Store a round's merged result once, finish the job's status and wake every waiter.

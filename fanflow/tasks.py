@@ -141,7 +141,10 @@ def run_merge(task: Task[Any, Any], runner: BranchRunner, job_id: str, round_: i
         return verdict  # done, stale, missing
     keeper.hold(job_id, MERGE_MEMBER, token)
     try:
-        return runner.patiently(lambda: finalize_job(store, job_id, round_), "merged").status.value
+        merged = runner.patiently(
+            lambda: finalize_job(store, job_id, round_, spending=runner.spending), "merged"
+        )
+        return merged.status.value
     except _BACKEND_ERRORS as exc:
         raise _retry_later(task, exc) from exc
     except Exception as exc:

@@ -1,51 +1,99 @@
-"""Executors run one branch's ``TaskSpec`` and return its output and usage.
+"""Executors run one branch's ``TaskSpec`` and report its output and what it spent.
 
-An executor is a callable ``(spec, context) -> Execution``; it raises on failure (the branch runner
-turns the exception into an outcome). This version executes ``python``; ``llm`` and ``agent`` specs
-validate but are refused at submit time until their executors land.
+The seam with the shared limits (DESIGN §4): an executor neither knows nor calls the limiter or the
+budget. It prepares the call (renders its templates), estimates what the call may spend, names the
+limit keys it consumes by default (a model call: its model), executes, and — for a model call
+whose answer failed validation — prepares the same request again with the failure fed back. The
+branch runner owns the loop: prepare → estimate → admit (limits and budget) → execute → settle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, Protocol
 
-from fanflow.executors.python import execute_python
+from fanflow.errors import OutputValidationError
 from fanflow.result import Usage
-from fanflow.spec import TaskSpec
 
-__all__ = ["EXECUTABLE_KINDS", "Execution", "Executor", "execute"]
+__all__ = ["EXECUTABLE_KINDS", "BranchInput", "Execution", "Executor", "executor_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class BranchInput:
+    """What a branch's executor sees besides its spec."""
+
+    key: str
+    context: Any
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+
+    def variables(self) -> dict[str, Any]:
+        """Template variables: ``{context}``, ``{key}`` and the subtask's own ``vars``."""
+        return {**self.vars, "context": "" if self.context is None else self.context, "key": self.key}
 
 
 @dataclass(frozen=True, slots=True)
 class Execution:
-    """What an executor returns: the output (JSON-serializable) and what it spent."""
+    """What one attempt produced.
+
+    Attributes:
+        output: the branch's output (JSON-serializable).
+        usage: what the attempt spent (tokens, cost, calls).
+        model: the ``provider:name`` that spent it (usage per model; its limit key).
+        headers: the provider's response headers (rate-limit state for the shared limits).
+        rejection: the call succeeded but its answer failed validation: the attempt failed, and
+            a model branch is asked again with this fed back.
+    """
 
     output: Any
     usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+    headers: Mapping[str, str] | None = None
+    rejection: OutputValidationError | None = None
 
 
-Executor = Callable[[Any, Any], Execution]
+class Executor(Protocol):
+    """How the branch runner drives one kind of work."""
+
+    #: A failed validation of the output is retried with the failure fed back (model calls).
+    retries_rejections: bool
+
+    def prepare(self, spec: Any, branch: BranchInput) -> Any:
+        """The call to make, with every template filled in."""
+
+    def estimate(self, prepared: Any) -> Usage:
+        """What the call may spend at most (reserved against limits and budget before it runs)."""
+
+    def limit_keys(self, spec: Any) -> list[str]:
+        """Limit keys the call consumes besides the subtask's own ``limits``."""
+
+    def execute(self, prepared: Any) -> Execution:
+        """Make the call. Raises on failure (``TransientError``, ``RateLimitedError`` ...)."""
+
+    def feedback(self, prepared: Any, rejection: OutputValidationError) -> Any:
+        """The original call again, with the rejected answer and the reasons fed back."""
 
 
-def _python(spec: Any, context: Any) -> Execution:
-    return Execution(output=execute_python(spec, context))
+@cache
+def _registry() -> dict[str, Executor]:
+    from fanflow.executors.model import MODEL_EXECUTOR
+    from fanflow.executors.python import PYTHON_EXECUTOR
+
+    return {"python": PYTHON_EXECUTOR, "llm": MODEL_EXECUTOR}
 
 
-_EXECUTORS: dict[str, Executor] = {"python": _python}
-
-EXECUTABLE_KINDS = frozenset(_EXECUTORS)
-
-
-def execute(spec: TaskSpec, context: Any) -> Execution:
-    """Run ``spec`` with the fan-out's shared ``context``.
+def executor_for(kind: str) -> Executor:
+    """The executor of a spec's ``kind``.
 
     Raises:
         NotImplementedError: no executor for this kind in this version (refused at submit already).
-        Exception: whatever the work raised.
     """
-    executor = _EXECUTORS.get(spec.kind)
+    executor = _registry().get(kind)
     if executor is None:
-        raise NotImplementedError(f"no executor for kind {spec.kind!r} in this version of fanflow")
-    return executor(spec, context)
+        raise NotImplementedError(f"no executor for kind {kind!r} in this version of fanflow")
+    return executor
+
+
+EXECUTABLE_KINDS = frozenset({"python", "llm"})

@@ -157,10 +157,12 @@ def test_invalid_specs_enqueue_nothing(client: Client) -> None:
     with pytest.raises(SpecError) as missing_module:
         client.submit(fanout(branch("a"), Subtask(key="b", run=PyCall(function="tests.nowhere:fn"))))
     assert missing_module.value.field == "subtasks.1.run.function"
-    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.kind"):
+    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.model: unknown model provider 'a'"):
         client.submit(
             {"name": "x", "subtasks": [{"key": "a", "run": {"kind": "llm", "model": "a:b", "prompt": "p"}}]}
         )
+    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.kind"):
+        client.submit({"name": "x", "subtasks": [{"key": "a", "run": {"kind": "agent", "argv": ["true"]}}]})
     with pytest.raises(SpecError, match="duplicate key"):
         client.submit({"name": "x", "subtasks": [branch("a").model_dump(), branch("a").model_dump()]})
     assert redis.zcard(f"{client.store.prefix}:jobs") == jobs_before
