@@ -7,6 +7,7 @@ merge applies the failure policy.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -275,8 +276,10 @@ class BranchRunner:
                 if isinstance(judged, OutputValidationError):
                     error = _final_rejection(judged, state.attempt, executor.retries_rejections)
             else:
-                self.spending.release(job_id, ticket, key=subtask.key)
-                next_step = self._after_error(job_id, job, subtask, result, state)
+                next_step = self._after_error(
+                    job_id, job, subtask, result, state,
+                    release=functools.partial(self.spending.release, job_id, ticket, key=subtask.key),
+                )  # fmt: skip
                 if next_step == "again":
                     continue
                 error = result
@@ -303,18 +306,28 @@ class BranchRunner:
         return "cancelled" if self.store.cancel_reason(job_id) else "again"
 
     def _after_error(
-        self, job_id: str, job: StoredJob, subtask: Subtask, error: Exception, state: _Attempts
+        self,
+        job_id: str,
+        job: StoredJob,
+        subtask: Subtask,
+        error: Exception,
+        state: _Attempts,
+        *,
+        release: Callable[[], None],
     ) -> str:
-        """After a failed call: ``again`` (after a cool-down or a backoff), ``cancelled`` or ``fail``."""
+        """After a failed call (whose reservations ``release`` gives back): ``again`` (after a
+        cool-down or a backoff), ``cancelled`` or ``fail``."""
         throttled = isinstance(error, RateLimitedError) and state.throttled < MAX_THROTTLED
         if self.gate is not None and throttled and state.keys:
-            # The provider knows better than our counters: every worker cools down, and this
-            # attempt does not count.
+            # The provider knows better than our counters: every worker cools down (before this
+            # call's slot is given back, so no other call slips in), and this attempt does not count.
             retry_after = error.retry_after_s if isinstance(error, RateLimitedError) else None
             self.gate.cool_down(state.keys, retry_after or DEFAULT_COOLDOWN_S)
+            release()
             state.attempt -= 1
             state.throttled += 1
             return "again"
+        release()
         policy = subtask.retry
         if not is_retryable(error, policy) or state.attempt >= policy.attempts:
             return "fail"

@@ -122,14 +122,36 @@ class LLMCall(_Spec):
 
 
 class AgentRun(_Spec):
-    """A CLI coding-agent run: an argv template (never a shell string) in a workdir or worktree."""
+    """A CLI coding-agent run: an argv template (never a shell string) in a workdir or a git worktree.
+
+    Each ``{key}``, ``{context}``, ``{prompt}`` and ``Subtask.vars`` substitution stays inside its
+    own argument. With ``repo`` and ``worktree: true`` each branch works in its own git worktree on
+    a branch of its own made from ``ref``; ``env`` names the environment variables the agent gets
+    (nothing else of the worker's environment but PATH, HOME, LANG and the like).
+    """
 
     kind: Literal["agent"] = "agent"
     argv: list[str] = Field(min_length=1)
-    workdir: str | None = None
+    prompt: str | None = None
+    repo: str | None = None
+    ref: str = "HEAD"
     worktree: bool = False
+    keep_worktree: bool = False
+    workdir: str | None = None
+    env: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list
+    )
     allowed_tools: list[str] = Field(default_factory=list)
     timeout_s: float | None = Field(None, gt=0)
+    kill_grace_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _worktree_needs_repo(self) -> AgentRun:
+        if self.worktree and self.repo is None:
+            raise ValueError("worktree: true needs 'repo' (a path or a git URL)")
+        if self.worktree and self.workdir is not None:
+            raise ValueError("give 'workdir' or 'worktree: true', not both")
+        return self
 
 
 TaskSpec = Annotated[PyCall | LLMCall | AgentRun, Field(discriminator="kind")]

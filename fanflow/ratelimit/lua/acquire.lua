@@ -3,6 +3,7 @@
 --   totals hash, leases zset, cooldown string, debt hash (see fanflow/ratelimit/keys.py)
 -- ARGV[1] admission id       ARGV[2] lease ttl (ms)     ARGV[3] input tokens to reserve
 -- ARGV[4] output tokens to reserve                     ARGV[5] wait hint (ms) when concurrency binds
+--   (or when tokens bind while calls in flight hold reservations that will settle)
 -- ARGV[6] most token-log entries a refusal scans for its wait time
 -- Times are Redis server time (ms). A key without a config hash has no limit: only its cool-down
 -- applies. An entry of the requests/tokens log counts while its score > now - window.
@@ -152,7 +153,13 @@ for j = 1, n do
               if f > own then return nil end
               return amount_leaves(k, f, dim.sel, window)
             end)
-            refuse(j, dim.reason, at or (now + window))
+            at = at or (now + window)
+            -- Calls in flight hold reservations (prompt + max_tokens) that shrink to their real
+            -- usage when they settle: look again soon rather than when the window ages them out.
+            if at > now + conc_wait and redis.call('ZCOUNT', KEYS[k + 5], now, '+inf') > 0 then
+              at = now + conc_wait
+            end
+            refuse(j, dim.reason, at)
           end
         end
       end
