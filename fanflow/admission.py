@@ -26,9 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from fanflow.ratelimit import Admission, Limiter, Refusal
+from fanflow.ratelimit import Admission, Limit, Limiter, Refusal
 from fanflow.ratelimit.headers import parse_headers
+from fanflow.ratelimit.limiter import WINDOW_GUARD_MS
 from fanflow.result import Usage
 
 __all__ = ["CANCELLED", "Cancelled", "Deferral", "Gate"]
@@ -51,8 +53,28 @@ class Deferral:
     reason: str
 
 
+class Pacer(Protocol):
+    """Keeps each job's place in line on busy limit keys (the job store: ``pace.lua``)."""
+
+    def pace(
+        self, job_id: str, key: str, *, refused_wait_s: float | None, spacings: dict[str, int]
+    ) -> float | None:
+        """Seconds until the branch's place in its job's line (None: no line, go now)."""
+
+
+#: How long a process trusts its copy of a key's limit (for pacing) before reading it again.
+LIMIT_CACHE_S = 5.0
+
+
 class Gate:
-    """Admits branch attempts on their limit keys; tracks admissions for the heartbeat to renew."""
+    """Admits branch attempts on their limit keys; tracks admissions for the heartbeat to renew.
+
+    Fairness between jobs on a busy key: every job has its own line on each key (``Pacer``). A
+    branch the limits refuse takes its job's next place (one place per ``window / requests``, or
+    per the share of the token limit its estimate needs), and a job's later branches wait for their
+    places instead of crowding the key — so a 10-branch job submitted behind a 5,000-branch one
+    gets about half the key at once, not what is left after the big one drains.
+    """
 
     def __init__(
         self,
@@ -61,6 +83,7 @@ class Gate:
         wait_in_slot_s: float = 2.0,
         max_countdown_s: float = 300.0,
         observe_interval_s: float = 0.25,
+        pacer: Pacer | None = None,
     ) -> None:
         self.limiter = limiter
         self.wait_in_slot_s = wait_in_slot_s
@@ -68,6 +91,8 @@ class Gate:
         self._held: dict[str, Admission] = {}
         self._observed: dict[str, float] = {}
         self.observe_interval_s = observe_interval_s
+        self.pacer = pacer
+        self._limits: dict[str, tuple[float, Limit | None]] = {}
         self._lock = threading.Lock()
 
     def admit(
@@ -77,11 +102,14 @@ class Gate:
         *,
         may_defer: bool,
         cancelled: Callable[[], bool],
+        job_id: str | None = None,
+        branch_key: str = "",
     ) -> Admission | Deferral | Cancelled | None:
         """Admit one attempt on ``keys``: its admission, or None when there is nothing to admit.
 
         A refusal is not an error: a ``Deferral`` (when ``may_defer`` and the wait is long), else a
-        wait in the slot; ``CANCELLED`` when the job was cancelled meanwhile.
+        wait in the slot; ``CANCELLED`` when the job was cancelled meanwhile. With ``job_id`` the
+        wait is the branch's place in its job's line on the key (see the class).
         """
         if not keys:
             return None
@@ -94,13 +122,69 @@ class Gate:
                     self._held[verdict.id] = verdict
                 return verdict
             assert isinstance(verdict, Refusal)
-            if may_defer and verdict.wait_s > self.wait_in_slot_s:
-                countdown = min(verdict.wait_s, self.max_countdown_s)
-                return Deferral(countdown_s=countdown * (1 + random.random() * 0.1), key=verdict.key,
-                                reason=verdict.reason)  # fmt: skip
-            time.sleep(min(max(verdict.wait_s, 0.01), self.wait_in_slot_s))
+            wait = verdict.wait_s
+            spacings = self.spacings(keys, estimate) if job_id is not None else {}
+            if spacings and self.pacer is not None and job_id is not None:
+                wait = self.pacer.pace(job_id, branch_key, refused_wait_s=wait, spacings=spacings) or wait
+            # Only the head of its job's line waits in its thread; the others free it (a thread
+            # waiting for a place far down one job's line is a thread another job cannot use).
+            behind = bool(spacings) and wait > verdict.wait_s + 2 * max(spacings.values()) / 1000
+            if may_defer and (wait > self.wait_in_slot_s or behind):
+                countdown = min(wait, self.max_countdown_s)
+                jitter = 1 + random.random() * (0.01 if spacings else 0.1)
+                return Deferral(countdown_s=countdown * jitter, key=verdict.key, reason=verdict.reason)
+            time.sleep(min(max(wait, 0.01), self.wait_in_slot_s))
             if cancelled():
                 return CANCELLED
+
+    def place_in_line(
+        self, job_id: str, branch_key: str, keys: Sequence[str], estimate: Usage
+    ) -> Deferral | None:
+        """A branch's first try: wait for its place when its job already has a line on a busy key."""
+        if self.pacer is None or not keys:
+            return None
+        spacings = self.spacings(keys, estimate)
+        if not spacings:
+            return None
+        wait = self.pacer.pace(job_id, branch_key, refused_wait_s=None, spacings=spacings)
+        if wait is None:
+            return None
+        if wait <= min(self.wait_in_slot_s, 2 * max(spacings.values()) / 1000):
+            time.sleep(wait)  # the head of its job's line
+            return None
+        return Deferral(countdown_s=min(wait, self.max_countdown_s), key=keys[0], reason="pacing")
+
+    def spacings(self, keys: Sequence[str], estimate: Usage) -> dict[str, int]:
+        """One place in line per this many ms on each limited key (keys limited only in
+        concurrency, or not at all, have no line)."""
+        spacings: dict[str, int] = {}
+        for key in keys:
+            limit = self._limit(key)
+            if limit is None:
+                continue
+            window_ms = limit.window_ms + min(WINDOW_GUARD_MS, limit.window_ms // 20)
+            spacing = 0.0
+            if limit.requests:
+                spacing = window_ms / limit.requests * 1.02
+            needs = (
+                (limit.tokens, estimate.total_tokens), (limit.input_tokens, estimate.input_tokens),
+                (limit.output_tokens, estimate.output_tokens),
+            )  # fmt: skip
+            for cap, need in needs:
+                if cap and need:
+                    spacing = max(spacing, window_ms * min(need, cap) / cap)
+            if spacing >= 1:
+                spacings[key] = round(spacing)
+        return spacings
+
+    def _limit(self, key: str) -> Limit | None:
+        now = time.monotonic()
+        cached = self._limits.get(key)
+        if cached is not None and now - cached[0] < LIMIT_CACHE_S:
+            return cached[1]
+        limit = self.limiter.get_limit(key)
+        self._limits[key] = (now, limit)
+        return limit
 
     def settle(self, admission: Admission | None, usage: Usage) -> None:
         """The attempt ran: count its real usage instead of the estimate; free its slot."""

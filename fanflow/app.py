@@ -124,7 +124,7 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
     # A deferred branch's countdown stays well below the visibility timeout (kombu would deliver
     # the waiting message again).
     gate = Gate(limiter, wait_in_slot_s=settings.limit_wait_in_slot_s,
-                max_countdown_s=max(1.0, settings.visibility_timeout_s / 2))  # fmt: skip
+                max_countdown_s=max(1.0, settings.visibility_timeout_s / 2), pacer=store)  # fmt: skip
     keeper.renewers.append(gate.renew)
     runner = BranchRunner(
         store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper, gate=gate

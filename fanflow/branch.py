@@ -152,9 +152,9 @@ class BranchRunner:
         return ride_out(call, patience_s=self.patience_s, what=what)
 
     def run(
-        self, job_id: str, key: str, round_: int, *, worker: str | None = None
+        self, job_id: str, key: str, round_: int, *, worker: str | None = None, first_try: bool = True
     ) -> SubtaskOutcome | Deferral | str:
-        """Run one delivery of a branch.
+        """Run one delivery of a branch (``first_try``: its message was not sent again by a deferral).
 
         Returns the branch's outcome (recorded now, or earlier by another delivery), a
         ``Deferral`` (its limits did not admit it soon: send it again later), or why this delivery
@@ -166,6 +166,10 @@ class BranchRunner:
         except JobNotFoundError:
             return "missing"
         subtask = job.spec.subtask(key)
+        if first_try:
+            place = self.patiently(lambda: self._place_in_line(job_id, job, subtask), "paced a branch")
+            if place is not None:
+                return place  # nothing began: its message comes back at its place in line
         token = self.keeper.new_token()
         verdict = self.patiently(
             lambda: self.store.begin_branch(
@@ -248,6 +252,7 @@ class BranchRunner:
             ticket = self.spending.admit(
                 job_id, keys, executor.estimate(prepared), budget=job.spec.budget,
                 model=getattr(subtask.run, "model", None), may_defer=state.attempt == 0, cancelled=cancelled,
+                branch_key=subtask.key,
             )  # fmt: skip
             if isinstance(ticket, Deferral):
                 return ticket
@@ -288,6 +293,22 @@ class BranchRunner:
                                   state.spent)  # fmt: skip
             return _failed(subtask.key, round_, error, attempts=state.attempt, usage=state.spent,
                            started_at=started, worker=worker)  # fmt: skip
+
+    def _place_in_line(self, job_id: str, job: StoredJob, subtask: Subtask) -> Deferral | None:
+        """On a branch's first try: when its job already has a line on a busy limit key, wait for
+        its place — before the branch begins, so a long line costs one script call per branch."""
+        if self.gate is None:
+            return None
+        executor = executor_for(subtask.run.kind)
+        keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
+        if not keys:
+            return None
+        branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars)
+        try:
+            estimate = executor.estimate(executor.prepare(subtask.run, branch))
+        except Exception:  # noqa: BLE001 - the branch fails on it when it runs; pace it by requests
+            estimate = Usage()
+        return self.gate.place_in_line(job_id, subtask.key, keys, estimate)
 
     def _after_rejection(
         self,

@@ -38,6 +38,8 @@ class JobKeys:
             ``reserved_cost`` and one ``r:<id>`` field per open reservation (``tokens cost``).
         reservations: sorted set — open budget reservation id → expiry in ms (a crashed worker's
             reservation is given back when it lapses).
+        pace: hash — limit key → this job's next place in line on it (ms): per-job pacing of
+            branches its limits refused, so jobs share a busy key fairly.
     """
 
     meta: str
@@ -56,6 +58,7 @@ class JobKeys:
     usage: str
     budget: str
     reservations: str
+    pace: str
 
     @classmethod
     def of(cls, prefix: str, job_id: str) -> JobKeys:

@@ -75,12 +75,14 @@ class Spending:
         model: str | None,
         may_defer: bool,
         cancelled: Callable[[], bool],
+        branch_key: str = "",
     ) -> Ticket | Deferral | Cancelled | BudgetExhausted:
         """Admit one call: a ``Ticket``, or why not (deferral, cancellation, exhausted budget)."""
         while True:
             admission = None
             if self.gate is not None and keys:
-                verdict = self.gate.admit(keys, estimate, may_defer=may_defer, cancelled=cancelled)
+                verdict = self.gate.admit(keys, estimate, may_defer=may_defer, cancelled=cancelled,
+                                          job_id=job_id, branch_key=branch_key)  # fmt: skip
                 if isinstance(verdict, (Deferral, Cancelled)):
                     return verdict
                 admission = verdict

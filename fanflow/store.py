@@ -157,6 +157,7 @@ class JobStore:
         self._defer = client.register_script(_script("defer_branch"))
         self._reserve_budget = client.register_script(_script("reserve_budget"))
         self._record_spend = client.register_script(_script("record_spend"))
+        self._pace = client.register_script(_script("pace"))
         self._local = threading.local()
         #: Set by a worker whose pool holds a connection per task thread (``resize_pool``).
         self.connection_per_thread = False
@@ -372,6 +373,27 @@ class JobStore:
             ],
             client=self._branch_client,
         )  # fmt: skip
+
+    def pace(
+        self, job_id: str, key: str, *, refused_wait_s: float | None, spacings: dict[str, int]
+    ) -> float | None:
+        """The job's place in line on its busy limit keys (``pace.lua``): seconds to wait.
+
+        ``refused_wait_s`` None: a branch's first try — None when the job has no line ahead (try
+        now). Otherwise the limits refused the branch for that long: its place after the job's
+        branches already in line.
+        """
+        keys = self.keys(job_id)
+        mode = "first" if refused_wait_s is None else "refused"
+        pairs = [item for name, spacing in spacings.items() for item in (name, spacing)]
+        reply = int(
+            self._pace(
+                keys=[keys.pace, keys.sent],
+                args=[mode, int((refused_wait_s or 0) * 1000), self.ttl_s, key, *pairs],
+                client=self._branch_client,
+            )
+        )
+        return None if reply < 0 else reply / 1000
 
     def usage_by_model(self, job_id: str) -> dict[str, Usage]:
         """What the job's calls spent so far, per model (merge calls included)."""

@@ -103,7 +103,8 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
 def run_branch(task: Task[Any, Any], runner: BranchRunner, job_id: str, key: str, round_: int) -> str:
     """The body of ``fanflow.subtask``."""
     try:
-        result = runner.run(job_id, key, round_, worker=task.request.hostname)
+        result = runner.run(job_id, key, round_, worker=task.request.hostname,
+                            first_try=not task.request.retries)  # fmt: skip
     except _BACKEND_ERRORS as exc:
         raise _retry_later(task, exc) from exc
     if result == WAIT:

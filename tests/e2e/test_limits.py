@@ -73,6 +73,37 @@ def test_a_concurrency_limit_holds_across_three_workers(
     assert status is not None and status.in_flight == 0
 
 
+@pytest.mark.timeout(180)
+def test_a_small_job_is_not_starved_behind_a_big_one_on_the_same_key(
+    e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """2,000 branches at 50/s ahead (40 s of work), then 10 more: the small job's branches all start
+    within seconds (each job has its own line on the key), and the key stays fully used."""
+    rate, big_size = 50, 2000
+    big_dir, small_dir = tmp_path / "big", tmp_path / "small"
+    big_dir.mkdir()
+    small_dir.mkdir()
+    client = _three_workers(e2e_redis_url, key_prefix, start_worker)
+    limiter_of(client.app).set_limit(Limit(key="shared", requests=rate, window_s=1.0))
+    big = client.submit(timed_fanout(big_dir, big_size, "shared", 0.0, name="big"))
+    time.sleep(3.0)  # the big job holds the key
+    submitted = time.time()
+    small = client.submit(timed_fanout(small_dir, 10, "shared", 0.0, name="small"))
+    assert small.wait(timeout=60).status is JobStatus.SUCCEEDED
+    small_starts = [start for start, _ in intervals(str(small_dir))]
+    spans = intervals(str(big_dir)) + intervals(str(small_dir))
+    started_then = len(intervals(str(big_dir)))
+    big.cancel()
+    last = max(small_starts) - submitted
+    print(
+        f"\n{big_size} branches ahead at {rate}/s: the small job's 10 started within {last:.1f}s "
+        f"(the big job had run {started_then}); busiest 1 s window {max_starts_in_window(spans, 1.0)}"
+    )
+    assert last < 8.0
+    assert started_then < big_size / 2  # it did not wait for the big job to drain
+    assert max_starts_in_window(spans, 1.0) <= rate
+
+
 def test_the_limits_command_sets_shows_resets_and_deletes(e2e_redis_url: str, key_prefix: str) -> None:
     env = {"FANFLOW_BROKER_URL": e2e_redis_url, "FANFLOW_KEY_PREFIX": key_prefix}
 
