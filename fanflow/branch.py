@@ -281,10 +281,8 @@ class BranchRunner:
                 if isinstance(judged, OutputValidationError):
                     error = _final_rejection(judged, state.attempt, executor.retries_rejections)
             else:
-                next_step = self._after_error(
-                    job_id, job, subtask, result, state,
-                    release=functools.partial(self.spending.release, job_id, ticket, key=subtask.key),
-                )  # fmt: skip
+                release = self._settle_failure(job_id, ticket, subtask.key, result, state)
+                next_step = self._after_error(job_id, job, subtask, result, state, release=release)
                 if next_step == "again":
                     continue
                 error = result
@@ -309,6 +307,18 @@ class BranchRunner:
         except Exception:  # noqa: BLE001 - the branch fails on it when it runs; pace it by requests
             estimate = Usage()
         return self.gate.place_in_line(job_id, subtask.key, keys, estimate)
+
+    def _settle_failure(
+        self, job_id: str, ticket: Ticket, key: str, error: Exception, state: _Attempts
+    ) -> Callable[[], None]:
+        """How a failed call gives its reservations back: released, or — when it failed after
+        spending (an agent that ran, then exited non-zero) — settled to what it spent."""
+        spent = getattr(error, "usage", None)
+        if not isinstance(spent, Usage) or spent.is_zero:
+            return functools.partial(self.spending.release, job_id, ticket, key=key)
+        state.spent += spent
+        run = Execution(output=None, usage=spent, model=getattr(error, "model", None))
+        return functools.partial(self.spending.settle, job_id, ticket, run, key=key)
 
     def _after_rejection(
         self,
@@ -451,7 +461,7 @@ def _attempt(job: StoredJob, subtask: Subtask, executor: Executor, prepared: Any
 
 
 def _call_with_timeout(executor: Executor, prepared: Any, timeout: float | None, key: str) -> Execution:
-    if timeout is None:
+    if timeout is None or executor.enforces_timeout:
         return executor.execute(prepared)
     # The threads pool ignores Celery's time limits, so the branch enforces its own. A Python thread
     # cannot be killed: on timeout the call is abandoned (it finishes in the background, its result
@@ -541,7 +551,9 @@ def _failed(
         if retryable is not None
         else isinstance(error, (TimeoutError, ConnectionError)),
     )
+    output = getattr(error, "output", None)  # what a failed agent run left (its branch, its diff)
     return SubtaskOutcome(
         key=key, status=OutcomeStatus.FAILED, error=info, attempts=attempts, usage=usage, round=round_,
         worker=worker, started_at=started_at, finished_at=time.time(),
+        output=output if isinstance(output, dict) else None,
     )  # fmt: skip

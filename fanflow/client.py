@@ -16,12 +16,22 @@ from fanflow.canvas import publish_round, republish_branches
 from fanflow.config import Settings
 from fanflow.errors import BackendError, ConfigError, FanflowError, JobTimeoutError, SpecError
 from fanflow.executors import EXECUTABLE_KINDS
+from fanflow.executors.agent import check_agent_templates
 from fanflow.executors.llm import check_call_templates, provider
 from fanflow.imports import import_object
 from fanflow.keys import active_jobs_key, idempotency_key, jobs_index_key
 from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
 from fanflow.result import JobResult, JobStatus, Usage
-from fanflow.spec import CustomMerge, FanOut, LLMCall, PyCall, SynthesizeMerge, load_spec, validate_fanout
+from fanflow.spec import (
+    AgentRun,
+    CustomMerge,
+    FanOut,
+    LLMCall,
+    PyCall,
+    SynthesizeMerge,
+    load_spec,
+    validate_fanout,
+)
 from fanflow.store import JobMeta
 
 __all__ = ["Client", "JobHandle"]
@@ -201,6 +211,8 @@ class Client:
                 imported.add(subtask.run.function)
             elif isinstance(subtask.run, LLMCall):
                 _check_model_call(subtask.run, {"context", "key", *subtask.vars}, f"{where}.run")
+            elif isinstance(subtask.run, AgentRun):
+                check_agent_templates(subtask.run, {"context", "key", *subtask.vars}, field=f"{where}.run")
         if isinstance(spec.merge, SynthesizeMerge):
             _check_model_call(spec.merge.run, {"context", "results", "flagged"}, "merge.run")
         if isinstance(spec.merge, CustomMerge):

@@ -59,6 +59,9 @@ class Executor(Protocol):
 
     #: A failed validation of the output is retried with the failure fed back (model calls).
     retries_rejections: bool
+    #: The executor stops its own work at its timeout (an agent's process group); otherwise the
+    #: branch runner abandons the call in a helper thread when the branch's ``timeout_s`` passes.
+    enforces_timeout: bool
 
     def prepare(self, spec: Any, branch: BranchInput) -> Any:
         """The call to make, with every template filled in."""
@@ -70,7 +73,8 @@ class Executor(Protocol):
         """Limit keys the call consumes besides the subtask's own ``limits``."""
 
     def execute(self, prepared: Any) -> Execution:
-        """Make the call. Raises on failure (``TransientError``, ``RateLimitedError`` ...)."""
+        """Make the call. Raises on failure (``TransientError``, ``RateLimitedError`` ...); an
+        error that spent something says so in its ``usage`` (and ``model``, ``output``) attributes."""
 
     def feedback(self, prepared: Any, rejection: OutputValidationError) -> Any:
         """The original call again, with the rejected answer and the reasons fed back."""
@@ -78,10 +82,11 @@ class Executor(Protocol):
 
 @cache
 def _registry() -> dict[str, Executor]:
+    from fanflow.executors.agent import AGENT_EXECUTOR
     from fanflow.executors.model import MODEL_EXECUTOR
     from fanflow.executors.python import PYTHON_EXECUTOR
 
-    return {"python": PYTHON_EXECUTOR, "llm": MODEL_EXECUTOR}
+    return {"python": PYTHON_EXECUTOR, "llm": MODEL_EXECUTOR, "agent": AGENT_EXECUTOR}
 
 
 def executor_for(kind: str) -> Executor:
@@ -96,4 +101,4 @@ def executor_for(kind: str) -> Executor:
     return executor
 
 
-EXECUTABLE_KINDS = frozenset({"python", "llm"})
+EXECUTABLE_KINDS = frozenset({"python", "llm", "agent"})

@@ -32,6 +32,7 @@ class ModelExecutor:
     """Runs an ``LLMCall``."""
 
     retries_rejections = True
+    enforces_timeout = False
 
     def prepare(self, spec: LLMCall, branch: BranchInput) -> LLMRequest:
         """The provider-neutral request, every template filled from the branch's variables."""

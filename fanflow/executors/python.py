@@ -36,6 +36,7 @@ class PythonExecutor:
     """Runs a ``PyCall``; it spends nothing the limits count unless its subtask names limit keys."""
 
     retries_rejections = False
+    enforces_timeout = False
 
     def prepare(self, spec: PyCall, branch: BranchInput) -> tuple[PyCall, Any]:
         """The call and the fan-out's context (a Python call has no templates)."""

@@ -161,8 +161,10 @@ def test_invalid_specs_enqueue_nothing(client: Client) -> None:
         client.submit(
             {"name": "x", "subtasks": [{"key": "a", "run": {"kind": "llm", "model": "a:b", "prompt": "p"}}]}
         )
-    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.kind"):
-        client.submit({"name": "x", "subtasks": [{"key": "a", "run": {"kind": "agent", "argv": ["true"]}}]})
+    with pytest.raises(SpecError, match=r"subtasks\.0\.run\.argv\.1: unknown template variable \{nope\}"):
+        client.submit(
+            {"name": "x", "subtasks": [{"key": "a", "run": {"kind": "agent", "argv": ["echo", "{nope}"]}}]}
+        )
     with pytest.raises(SpecError, match="duplicate key"):
         client.submit({"name": "x", "subtasks": [branch("a").model_dump(), branch("a").model_dump()]})
     assert redis.zcard(f"{client.store.prefix}:jobs") == jobs_before
