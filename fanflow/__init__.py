@@ -28,6 +28,7 @@ from fanflow.spec import (
     ConcatenateMerge,
     CustomMerge,
     FanOut,
+    GitMerge,
     KeyMerge,
     LLMCall,
     PyCall,
@@ -36,8 +37,8 @@ from fanflow.spec import (
     Subtask,
     SuccessCriteria,
     SynthesizeMerge,
-    load_spec,
 )
+from fanflow.spec_files import load_spec
 
 __all__ = [
     "AgentRun",
@@ -51,6 +52,7 @@ __all__ = [
     "ErrorInfo",
     "FanOut",
     "FanflowError",
+    "GitMerge",
     "JobFailedError",
     "JobHandle",
     "JobNotFoundError",

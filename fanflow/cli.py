@@ -1,27 +1,29 @@
-"""The ``fanflow`` command line: run, submit, watch and retry fan-outs."""
+"""The ``fanflow`` command line: run, submit, watch and retry fan-outs; map a command over inputs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import redis
 from kombu.exceptions import KombuError
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from fanflow import cli_limits
 from fanflow.app import ALL_QUEUES, default_concurrency, limiter_of
 from fanflow.client import Client, JobHandle
 from fanflow.config import Settings
 from fanflow.errors import ConfigError, FanflowError, SpecError
+from fanflow.gitmerge import kept_branches
 from fanflow.outage import describe_exception, is_outage
-from fanflow.ratelimit import Limit, Limiter
+from fanflow.ratelimit import Limiter
 from fanflow.result import JobResult, JobStatus, OutcomeStatus
 from fanflow.watching import follow
 
@@ -60,28 +62,47 @@ def _add_import_paths(spec: Path) -> None:
 
 
 @contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in this process's environment (the in-process worker's branches read it)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def _fake_model_server(latency_s: float) -> Iterator[None]:
     """A fake model server for this process's model calls (OpenAI and Anthropic wire formats)."""
-    import os
-
     from fanflow.dev.fake_llm import FakeLLM
 
     with FakeLLM(latency_s=latency_s) as server:
-        names = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")
-        saved = {name: os.environ.get(name) for name in names}
-        os.environ.update({
+        console.print(f"[dim]model calls go to a fake model server on {server.url}[/]")
+        with _environment({
             "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_API_KEY": "fake-key",
             "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "fake-key",
-        })  # fmt: skip
-        console.print(f"[dim]model calls go to a fake model server on {server.url}[/]")
-        try:
+        }):  # fmt: skip
             yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+
+
+def _fake_agents() -> contextlib.AbstractContextManager[None]:
+    """``claude`` and ``codex`` are fanflow's stand-ins for this run: their directory comes first on PATH."""
+    from fanflow.dev.agents import AGENTS_DIR
+
+    console.print("[dim]claude and codex are fanflow's stand-in agents for this run[/]")
+    return _environment({"PATH": os.pathsep.join(filter(None, [str(AGENTS_DIR), os.environ.get("PATH")]))})
+
+
+fake_agents_option = click.option(
+    "--fake-agents", is_flag=True,
+    help="Run fanflow's stand-ins for `claude` and `codex` (offline demos): they act on the prompt and print "
+    "what the real CLIs print. Affects the in-process worker only.",
+)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -150,6 +171,14 @@ def _print_result(result: JobResult, output: str) -> None:
     console.print(summary, style=style, markup=False, soft_wrap=True)
 
 
+def _print_branches(result: JobResult) -> None:
+    branches = kept_branches(result.outcomes, result.merged)
+    if branches:
+        console.print(f"{len(branches)} git branch(es) kept; delete them in their repository with\n"
+                      f"  git branch -D {' '.join(branches)}", markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
+
+
 def _exit_code(result: JobResult) -> int:
     return 1 if result.status in (JobStatus.FAILED, JobStatus.CANCELLED) else 0
 
@@ -193,6 +222,7 @@ def main() -> None:
     \b
     Examples:
       fanflow run examples/wordcount.yaml          # run a spec locally and print the result
+      fanflow map -c 4 --command 'claude -p "Write tests for {}"' src/*.py   # xargs -P as one job
       fanflow submit job.yaml                      # enqueue on the configured broker, print the job id
       fanflow watch JOB && fanflow result JOB -o json
       fanflow retry JOB --wait                     # re-run only the failed branches, merge again
@@ -215,12 +245,13 @@ def main() -> None:
     help="Answer model calls from a fake model server started here (offline demos; sets OPENAI_BASE_URL, "
     "ANTHROPIC_BASE_URL and stand-in keys for this run).",
 )  # fmt: skip
+@fake_agents_option
 def run(
     spec: Path, output: str, timeout: float | None, concurrency: int, local_worker: bool, progress: bool,
-    fake_llm: bool,
+    fake_llm: bool, fake_agents: bool,
 ) -> None:  # fmt: skip
     """Run the fan-out in SPEC (YAML or JSON) and print its result."""
-    from fanflow.spec import load_spec
+    from fanflow.spec_files import load_spec
 
     fanout = load_spec(spec)  # fail on a bad spec before starting anything
     _add_import_paths(spec)
@@ -228,6 +259,8 @@ def run(
     with contextlib.ExitStack() as stack:
         if fake_llm:
             stack.enter_context(_fake_model_server(latency_s=0.3))
+        if fake_agents:
+            stack.enter_context(_fake_agents())
         client = stack.enter_context(_local_client(settings, concurrency, local_worker))
         handle = client.submit(fanout)
         console.print(f"[dim]job {handle.job_id}: {len(fanout.subtasks)} branches[/]")
@@ -235,7 +268,69 @@ def run(
             console.print("[dim]waiting for workers on the configured broker (or pass --local-worker)[/]")
         result = _follow(handle, timeout, progress and output == "text" and console.is_terminal)
     _print_result(result, output)
+    if output == "text":
+        _print_branches(result)
     sys.exit(_exit_code(result))
+
+
+@main.command("map")
+@click.argument("inputs", nargs=-1)
+@click.option("--command", "command", required=True, metavar="COMMAND",
+              help="The command; {} marks the input (else it goes last). No shell runs it.")  # fmt: skip
+@click.option("--from", "source", metavar="FILE", help="Read the inputs from FILE, one per line (- : stdin).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Inputs at once (and the in-process worker's threads).")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds each input may take.")
+@click.option("--retries", type=click.IntRange(0, 49), default=0, show_default=True,
+              help="Try a failed input again up to this many times.")  # fmt: skip
+@click.option("--worktree", is_flag=True,
+              help="Each input in a git worktree of this repository, on a branch of its own.")  # fmt: skip
+@click.option("--env", "env", multiple=True, metavar="NAME",
+              help="Pass this environment variable on (PATH, HOME, LANG and such always are).")  # fmt: skip
+@click.option("--name", help="The job's name.")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: a table on stderr; json: the JobResult as JSON on stdout.")  # fmt: skip
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Draw a progress bar on stderr.")  # fmt: skip
+@click.option("--local-worker", is_flag=True, help="Also start an in-process worker on a configured broker.")
+@fake_agents_option
+def map_command(
+    inputs: tuple[str, ...], command: str, source: str | None, concurrency: int, timeout: float | None,
+    retries: int, worktree: bool, env: tuple[str, ...], name: str | None, output: str, progress: bool,
+    local_worker: bool, fake_agents: bool,
+) -> None:  # fmt: skip
+    """Run COMMAND once per input, N at a time, and print a table (exit 0 only when every input succeeded).
+
+    Each run happens in the current directory, or with --worktree at the top of a worktree of its own
+    made from HEAD (so inputs are paths from the repository's top; uncommitted changes are not there).
+
+    \b
+    Examples:
+      fanflow map --command 'claude -p "Write tests for {}"' src/api/*.ts
+      git ls-files '*.py' | fanflow map --from - --worktree -c 8 --command 'codex exec "Add type hints to {}"'
+    """
+    from fanflow import mapping
+
+    items = mapping.read_inputs(inputs, source, sys.stdin)
+    repo = mapping.git_toplevel(Path.cwd()) if worktree else None
+    fanout = mapping.build_map(command, items, name=name, concurrency=concurrency, timeout_s=timeout,
+                               retries=retries, repo=repo, workdir=str(Path.cwd()), env=env)  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if fake_agents:
+            stack.enter_context(_fake_agents())
+        client = stack.enter_context(_local_client(_settings(), concurrency, local_worker))
+        handle = client.submit(fanout)
+        console.print(f"[dim]job {handle.job_id}: {len(items)} inputs, {concurrency} at a time[/]")
+        result = _follow(handle, None, progress and output == "text" and console.is_terminal)
+    if output == "json":
+        stdout.print(result.model_dump_json(indent=2), markup=False)
+    else:
+        console.print(mapping.result_table(result, fanout))
+        failed = sum(not outcome.succeeded for outcome in result.outcomes)
+        summary = f"{len(items) - failed} of {len(items)} inputs succeeded"
+        console.print(summary, style="red" if failed else "green", markup=False)
+        _print_branches(result)
+    sys.exit(0 if mapping.all_succeeded(result) else 1)
 
 
 @main.command()
@@ -354,135 +449,6 @@ def worker(
     app.worker_main(argv)
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _window_seconds(value: str) -> float:
-    """``1s``, ``1m``, ``1h``, ``500ms`` or plain seconds, as seconds."""
-    text = value.strip().lower()
-    for unit in ("ms", "s", "m", "h"):
-        number = text.removesuffix(unit)
-        if number != text:
-            break
-    else:
-        number, unit = text, "s"
-    try:
-        seconds = float(number or "1") * _UNITS[unit]
-    except ValueError:
-        message = f"{value!r}: expected e.g. 1s, 1m, 1h or seconds"
-        raise click.BadParameter(message, param_hint="--per") from None
-    if seconds <= 0:
-        raise click.BadParameter(f"{value!r}: the window must be longer than 0", param_hint="--per")
-    return seconds
-
-
-def _limiter() -> Limiter:
-    return limiter_of(_client(_settings()).app)
-
-
-@main.group()
-def limits() -> None:
-    """Shared limits (requests, tokens, concurrency) that hold across every worker.
-
-    \b
-    Examples:
-      fanflow limits set openai:gpt-4o-mini --requests 500 --per 1m --tokens 200000 --concurrency 50
-      fanflow limits show
-      fanflow limits reset openai:gpt-4o-mini
-    """
-
-
-@limits.command("set")
-@click.argument("key")
-@click.option("--requests", type=int, help="Requests per window.")
-@click.option("--tokens", type=int, help="Tokens (input + output) per window.")
-@click.option("--input-tokens", type=int, help="Input tokens per window.")
-@click.option("--output-tokens", type=int, help="Output tokens per window.")
-@click.option("--per", "per", default="1m", show_default=True, help="The window: 1s, 1m, 1h or seconds.")
-@click.option("--concurrency", type=int, help="Calls in flight at once.")
-def limits_set(
-    key: str,
-    requests: int | None,
-    tokens: int | None,
-    input_tokens: int | None,
-    output_tokens: int | None,
-    per: str,
-    concurrency: int | None,
-) -> None:
-    """Set (replace) the limit of KEY, e.g. a provider and model: openai:gpt-4o-mini."""
-    values = {"requests": requests, "tokens": tokens, "input_tokens": input_tokens,
-              "output_tokens": output_tokens, "concurrency": concurrency}  # fmt: skip
-    if all(value is None for value in values.values()):
-        raise SpecError(
-            "give at least one of --requests, --tokens, --input-tokens, --output-tokens, --concurrency"
-        )
-    try:
-        limit = Limit(key=key, window_s=_window_seconds(per), **values)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise SpecError(f"{where}: {error['msg']}") from None
-    _limiter().set_limit(limit)
-    console.print(f"{key}: {_describe(limit)}", markup=False)
-
-
-def _describe(limit: Limit) -> str:
-    window = f"{limit.window_s:g}s"
-    parts = [
-        f"{value} {name.replace('_', ' ')}/{window}"
-        for name, value in (("requests", limit.requests), ("tokens", limit.tokens),
-                            ("input_tokens", limit.input_tokens), ("output_tokens", limit.output_tokens))
-        if value is not None
-    ]  # fmt: skip
-    if limit.concurrency is not None:
-        parts.append(f"{limit.concurrency} at once")
-    return ", ".join(parts)
-
-
-@limits.command("show")
-@click.argument("key", required=False)
-def limits_show(key: str | None) -> None:
-    """Show every limit (or KEY's): the limit, its use in the current window, calls in flight, cool-down."""
-    limiter = _limiter()
-    keys = [key] if key else [limit.key for limit in limiter.limits()]
-    table = Table(title_justify="left")
-    table.add_column("key", no_wrap=True)
-    for column in ("limit", "requests", "tokens", "in flight", "cool-down"):
-        table.add_column(column)
-    for name in keys:
-        status = limiter.status(name)
-        if status is None:
-            raise FanflowError(f"no limit is set for {name!r} (`fanflow limits set {name} ...`)")
-        tokens = status.tokens_in_window or status.input_tokens_in_window + status.output_tokens_in_window
-        cooldown = f"{status.cooldown_s:.1f}s" if status.cooldown_s > 0 else ""
-        table.add_row(name, _describe(status.limit), str(status.requests_in_window), str(tokens),
-                      str(status.in_flight), cooldown)  # fmt: skip
-    if not keys:
-        console.print("no limits set (`fanflow limits set KEY --requests N --per 1m ...`)", markup=False)
-        return
-    stdout.print(table)
-
-
-@limits.command("reset")
-@click.argument("key")
-def limits_reset(key: str) -> None:
-    """Forget KEY's current window, leases and cool-down (its limit stays)."""
-    _limiter().reset(key)
-    console.print(f"{key}: reset", markup=False)
-
-
-@limits.command("delete")
-@click.argument("key")
-def limits_delete(key: str) -> None:
-    """Remove KEY's limit: branches that name it are no longer limited by it."""
-    removed = _limiter().delete_limit(key)
-    console.print(f"{key}: {'deleted' if removed else 'had no limit'}", markup=False)
-
-
-if __name__ == "__main__":
-    main()
-
-
 @main.group()
 def dev() -> None:
     """Tools for trying fanflow offline."""
@@ -503,3 +469,13 @@ def dev_fake_llm(host: str, port: int, latency: float) -> None:
     from fanflow.dev.fake_llm import serve
 
     serve(host, port, latency)
+
+
+def _limiter() -> Limiter:
+    return limiter_of(_client(_settings()).app)
+
+
+cli_limits.register(main, _limiter)
+
+if __name__ == "__main__":
+    main()

@@ -29,9 +29,9 @@ from fanflow.spec import (
     LLMCall,
     PyCall,
     SynthesizeMerge,
-    load_spec,
     validate_fanout,
 )
+from fanflow.spec_files import load_spec
 from fanflow.store import JobMeta
 
 __all__ = ["Client", "JobHandle"]

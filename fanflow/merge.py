@@ -1,4 +1,7 @@
-"""Merge strategies: combine the succeeded branches' outputs, always in declared order."""
+"""Merge strategies: combine the succeeded branches' outputs, always in declared order.
+
+``git_merge`` (``fanflow.gitmerge``) merges the branches' git work instead of their outputs.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import json
 from typing import Any
 
 from fanflow.errors import MergeConflictError, MergeError
+from fanflow.gitmerge import git_merge
 from fanflow.imports import import_object
 from fanflow.result import SubtaskOutcome
-from fanflow.spec import ConcatenateMerge, CustomMerge, KeyMerge, MergeSpec, SynthesizeMerge
+from fanflow.spec import ConcatenateMerge, CustomMerge, GitMerge, KeyMerge, MergeSpec, SynthesizeMerge
 
 __all__ = ["merge_outputs"]
 
@@ -29,6 +33,8 @@ def merge_outputs(spec: MergeSpec, outcomes: list[SubtaskOutcome], *, context: A
             return _key_merge(spec, outcomes)
         case CustomMerge():
             return _custom_merge(spec, outcomes, context)
+        case GitMerge():
+            return git_merge(spec, outcomes)
         case SynthesizeMerge():
             raise MergeError("merge strategy 'synthesize' needs the llm executor, which this version lacks")
     raise MergeError(f"unknown merge strategy {spec!r}")  # pragma: no cover - the union is closed

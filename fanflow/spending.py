@@ -86,8 +86,10 @@ class Spending:
                 if isinstance(verdict, (Deferral, Cancelled)):
                     return verdict
                 admission = verdict
-            if budget is None or estimate.is_zero:
+            if budget is None:
                 return Ticket(admission, None, model)
+            # A call that cannot say what it will spend (an agent: estimate zero) is still stopped
+            # once the budget is spent; one that can reserves its estimate.
             reservation = os.urandom(9).hex()
             answer = self.store.reserve_budget(
                 job_id, reservation, estimate, budget, lease_s=RESERVATION_LEASE_S

@@ -17,8 +17,8 @@ if ARGV[7] ~= '' then
   local held = redis.call('HGET', KEYS[2], 'r:' .. ARGV[7])
   if held then
     local tokens, cost = string.match(held, '(%d+) (%d+)')
-    redis.call('HINCRBY', KEYS[2], 'reserved_tokens', -tonumber(tokens))
-    redis.call('HINCRBY', KEYS[2], 'reserved_cost', -tonumber(cost))
+    redis.call('HINCRBY', KEYS[2], 'reserved_tokens', 0 - tonumber(tokens))
+    redis.call('HINCRBY', KEYS[2], 'reserved_cost', 0 - tonumber(cost))
     redis.call('HDEL', KEYS[2], 'r:' .. ARGV[7])
     redis.call('ZREM', KEYS[3], ARGV[7])
   end

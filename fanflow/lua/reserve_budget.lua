@@ -13,8 +13,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   local held = redis.call('HGET', KEYS[1], 'r:' .. id)
   if held then
     local tokens, cost = string.match(held, '(%d+) (%d+)')
-    redis.call('HINCRBY', KEYS[1], 'reserved_tokens', -tonumber(tokens))
-    redis.call('HINCRBY', KEYS[1], 'reserved_cost', -tonumber(cost))
+    redis.call('HINCRBY', KEYS[1], 'reserved_tokens', 0 - tonumber(tokens))
+    redis.call('HINCRBY', KEYS[1], 'reserved_cost', 0 - tonumber(cost))
     redis.call('HDEL', KEYS[1], 'r:' .. id)
   end
   redis.call('ZREM', KEYS[2], id)
@@ -24,7 +24,13 @@ local spent_t, spent_c = tonumber(b[1] or '0'), tonumber(b[2] or '0')
 local res_t, res_c = tonumber(b[3] or '0'), tonumber(b[4] or '0')
 local est_t, est_c = tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_t, max_c = tonumber(ARGV[4]), tonumber(ARGV[5])
-if (max_t >= 0 and spent_t + est_t > max_t) or (max_c >= 0 and spent_c + est_c > max_c) then
+-- An estimate of zero (an agent cannot say what it will spend) is refused once the budget is spent.
+local function over(spent, est, max)
+  if max < 0 then return false end
+  if est == 0 then return spent >= max end
+  return spent + est > max
+end
+if over(spent_t, est_t, max_t) or over(spent_c, est_c, max_c) then
   redis.call('SET', KEYS[3], 'budget', 'NX', 'EX', ARGV[7])
   return {-1, spent_t, spent_c}
 end

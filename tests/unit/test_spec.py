@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from fanflow.errors import SpecError
-from fanflow.spec import FanOut, KeyMerge, LLMCall, Quorum, RetryPolicy, load_spec, validate_fanout
+from fanflow.spec import FanOut, KeyMerge, LLMCall, Quorum, RetryPolicy, validate_fanout
+from fanflow.spec_files import load_spec
 
 
 def _branch(key: str, **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fanflow.errors import SpecError
-from fanflow.spec import load_spec
+from fanflow.spec_files import load_spec
 
 VALID_YAML = """\
 name: wordcount
