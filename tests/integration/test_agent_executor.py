@@ -1,7 +1,8 @@
 """The agent executor driven directly: real git repositories, real processes, the stand-in agents.
 
 ``claude`` and ``codex`` on the test's own bin directory are small wrappers around fanflow's
-stand-in agents (``fanflow/dev/agents``), so argv[0]'s basename is what the real CLIs' would be. No Redis and no Celery here: these tests call prepare/execute themselves.
+stand-in agents (``fanflow/dev/agents``), so argv[0]'s basename is what the real CLIs' would be.
+No Redis and no Celery here: these tests call prepare/execute themselves.
 """
 
 from __future__ import annotations
