@@ -235,7 +235,8 @@ class BranchRunner:
         started = time.time()
         executor = executor_for(subtask.run.kind)
         branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars,
-                             timeout_s=subtask.timeout_s)  # fmt: skip
+                             timeout_s=subtask.timeout_s,
+                             cancelled=lambda: self.store.cancel_reason(job_id) is not None)  # fmt: skip
         try:
             original = prepared = executor.prepare(subtask.run, branch)
         except Exception as exc:  # noqa: BLE001 - a template that cannot be filled fails the branch

@@ -9,7 +9,7 @@ branch runner owns the loop: prepare → estimate → admit (limits and budget) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -28,6 +28,8 @@ class BranchInput:
     context: Any
     vars: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    #: True once the branch's job is cancelled: long work (an agent run) stops when it says so.
+    cancelled: Callable[[], bool] | None = None
 
     def variables(self) -> dict[str, Any]:
         """Template variables: ``{context}``, ``{key}`` and the subtask's own ``vars``."""

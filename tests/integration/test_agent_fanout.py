@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,34 @@ def test_a_spent_budget_stops_the_agents_not_yet_started(client: Client, repo: P
     stopped = [o for o in result.outcomes if o.status is OutcomeStatus.CANCELLED]
     assert len(ran) == 2 and result.budget_exhausted
     assert [o.error.message for o in stopped if o.error] == ["stopped: budget exhausted"] * 2
+
+
+def test_cancelling_the_job_stops_a_running_agent_and_its_grandchild(
+    client: Client, repo: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    fanout = agent_fanout(
+        repo, {"long": f"grandchild {pidfile}\nsleep 60"}, failure={"policy": "best_effort"}
+    )
+    handle = client.submit(fanout)
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    cancelled_at = time.monotonic()
+    handle.cancel()
+    result = handle.wait(30)
+    assert time.monotonic() - cancelled_at < 10  # not the 60 s the agent meant to sleep
+    assert result.status is JobStatus.CANCELLED
+    assert result.outcome("long").status in (OutcomeStatus.CANCELLED, OutcomeStatus.FAILED)
+    assert _gone(grandchild)  # the whole process group was stopped
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] in "ZX"

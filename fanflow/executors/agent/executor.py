@@ -15,6 +15,7 @@ cut), ``changed_files`` (sorted), ``git_branch`` (kept after the worktree is rem
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ class PreparedAgent:
         argv: the filled-in command line.
         prompt: the filled-in prompt (None when the run has none).
         timeout_s: the tighter of the run's and the branch's timeout.
+        cancelled: True once the branch's job is cancelled (its process group is then stopped).
     """
 
     spec: AgentRun
@@ -59,6 +61,7 @@ class PreparedAgent:
     argv: tuple[str, ...]
     prompt: str | None
     timeout_s: float | None
+    cancelled: Callable[[], bool] | None = None
 
 
 class AgentExecutor:
@@ -100,8 +103,10 @@ class AgentExecutor:
         """
         argv, prompt = render_agent_argv(spec, branch.variables())
         limits = [t for t in (spec.timeout_s, branch.timeout_s) if t is not None]
-        return PreparedAgent(spec=spec, key=branch.key, argv=tuple(argv), prompt=prompt,
-                             timeout_s=min(limits) if limits else None)  # fmt: skip
+        return PreparedAgent(
+            spec=spec, key=branch.key, argv=tuple(argv), prompt=prompt,
+            timeout_s=min(limits) if limits else None, cancelled=branch.cancelled,
+        )  # fmt: skip
 
     def estimate(self, prepared: PreparedAgent) -> Usage:
         """Nothing: an agent does not say in advance what it will spend."""
@@ -151,7 +156,7 @@ class AgentExecutor:
             process = run_process(
                 prepared.argv, cwd=workspace.path, env=agent_environment(spec.env),
                 timeout_s=prepared.timeout_s, kill_grace_s=spec.kill_grace_s, tail_bytes=self.tail_bytes,
-                on_stdout_line=scanner.feed,
+                on_stdout_line=scanner.feed, should_stop=prepared.cancelled,
             )  # fmt: skip
         except OSError as exc:
             raise AgentFailedError(f"could not start {prepared.argv[0]!r}: {exc.strerror or exc}") from None

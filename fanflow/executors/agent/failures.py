@@ -170,6 +170,12 @@ def classify_failure(
         output: the run's output object (attached to the error).
         timeout_s: the timeout it ran under (for the message).
     """
+    if process.cancelled:
+        head = f"its job was cancelled; its process group was stopped (exit code {process.exit_code})"
+        return AgentFailedError(
+            _message(head, process, report), output=output, usage=report.usage, model=report.model,
+            retryable=True,
+        )  # fmt: skip
     if process.timed_out:
         limit = f"{timeout_s:g}s" if timeout_s is not None else "its timeout"
         head = f"the agent ran longer than {limit}; its process group was stopped"

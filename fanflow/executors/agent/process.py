@@ -61,6 +61,7 @@ class ProcessResult:
         stdout_bytes: how much it wrote to stdout in all.
         stderr_bytes: how much it wrote to stderr in all.
         timed_out: it ran past its timeout and its process group was stopped.
+        cancelled: its job was cancelled and its process group was stopped.
         duration_s: wall time from start to exit.
     """
 
@@ -71,6 +72,7 @@ class ProcessResult:
     stderr_bytes: int
     timed_out: bool
     duration_s: float
+    cancelled: bool = False
 
 
 class _Capture:
@@ -150,13 +152,24 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+#: How often a running agent asks whether its job was cancelled.
+_STOP_CHECK_S = 1.0
+
+
 class _Supervisor:
     """The select loop: read both pipes, enforce the timeout, stop the group, know when it is over."""
 
     def __init__(
-        self, process: subprocess.Popen[bytes], timeout_s: float | None, kill_grace_s: float
+        self,
+        process: subprocess.Popen[bytes],
+        timeout_s: float | None,
+        kill_grace_s: float,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.process = process
+        self.should_stop = should_stop
+        self.cancelled = False
+        self.checked_at = 0.0
         self.pgid = process.pid  # a session leader's group id is its pid
         self.started = time.monotonic()
         self.deadline = self.started + timeout_s if timeout_s is not None else None
@@ -167,6 +180,16 @@ class _Supervisor:
         self.gone_at: float | None = None
         self.ended_at: float | None = None
 
+    def _stop_asked(self, now: float) -> bool:
+        """Whether the run's job was cancelled (asked at most once per ``_STOP_CHECK_S``)."""
+        if self.should_stop is None or now - self.checked_at < _STOP_CHECK_S:
+            return False
+        self.checked_at = now
+        try:
+            return self.should_stop()
+        except Exception:  # noqa: BLE001 - a failed check (Redis blip) is not a cancel
+            return False
+
     def step(self, now: float) -> bool:
         """Signal as needed; True when the process and its group are done."""
         exited = self.process.poll() is not None
@@ -175,6 +198,9 @@ class _Supervisor:
         if self.term_at is None:
             if not exited and self.deadline is not None and now >= self.deadline:
                 self.timed_out, self.term_at = True, now
+                _signal_group(self.pgid, signal.SIGTERM)
+            elif not exited and self._stop_asked(now):
+                self.cancelled, self.term_at = True, now
                 _signal_group(self.pgid, signal.SIGTERM)
             elif exited and _group_members(self.pgid):
                 self.term_at = now  # descendants outlived the agent: stop them too
@@ -204,6 +230,7 @@ def run_process(
     kill_grace_s: float,
     tail_bytes: int = TAIL_BYTES,
     on_stdout_line: Callable[[bytes], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` (never through a shell) in its own process group and wait for it.
 
@@ -215,6 +242,7 @@ def run_process(
         kill_grace_s: between SIGTERM and SIGKILL.
         tail_bytes: how much of the end of stdout and of stderr to keep.
         on_stdout_line: called with each complete stdout line (without its newline).
+        should_stop: asked about once a second; True stops the process group (its job was cancelled).
 
     Raises:
         OSError: the program could not be started (not found, not executable ...).
@@ -225,7 +253,7 @@ def run_process(
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None
     out, err = _Capture(tail_bytes, on_stdout_line), _Capture(tail_bytes, None)
-    supervisor = _Supervisor(process, timeout_s, kill_grace_s)
+    supervisor = _Supervisor(process, timeout_s, kill_grace_s, should_stop)
     pipes: dict[int, tuple[IO[bytes], _Capture]] = {
         process.stdout.fileno(): (process.stdout, out), process.stderr.fileno(): (process.stderr, err),
     }  # fmt: skip
@@ -247,6 +275,7 @@ def run_process(
     return ProcessResult(
         exit_code=process.returncode, stdout=out.text(), stderr=err.text(), stdout_bytes=out.total,
         stderr_bytes=err.total, timed_out=supervisor.timed_out, duration_s=ended - supervisor.started,
+        cancelled=supervisor.cancelled,
     )  # fmt: skip
 
 
