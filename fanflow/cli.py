@@ -149,8 +149,10 @@ def _print_result(result: JobResult, output: str) -> None:
     console.print(table)
     if result.usage_by_model:
         usage_table = Table(title="usage by model", title_justify="left")
-        for column in ("model", "calls", "input tokens", "cached", "output tokens", "cost USD"):
-            usage_table.add_column(column, justify="left" if column == "model" else "right")
+        widest = max(len(model) for model in result.usage_by_model)
+        usage_table.add_column("model", no_wrap=True, min_width=max(widest, 5))
+        for column in ("calls", "input tokens", "cached", "output tokens", "cost USD"):
+            usage_table.add_column(column, justify="right")
         for model, used in [*result.usage_by_model.items(), ("total", result.usage)]:
             usage_table.add_row(model, f"{used.calls:,}", f"{used.input_tokens:,}", f"{used.cached_tokens:,}",
                                 f"{used.output_tokens:,}", f"{used.cost_usd:.6f}")  # fmt: skip

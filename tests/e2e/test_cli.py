@@ -38,6 +38,19 @@ def test_run_text_output_shows_the_table_and_how_to_retry() -> None:
     assert "flagged: absent" in done.stderr and "fanflow retry" in done.stderr
 
 
+def test_the_model_example_runs_offline_and_shows_usage_by_model() -> None:
+    done = fanflow("run", "examples/analysts.yaml", "--fake-llm")
+    assert done.returncode == 0, done.stderr
+    assert "## economic" not in done.stdout  # the synthesis, not the raw results, is the merged output
+    assert "[claude-haiku-4-5] answer about: Topic: Impact of electric vehicles" in done.stdout
+    assert "usage by model" in done.stderr
+    for model in ("openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "total"):
+        assert model in done.stderr
+    as_json = json.loads(fanflow("run", "examples/analysts.yaml", "--fake-llm", "-o", "json").stdout)
+    assert as_json["status"] == "succeeded" and as_json["usage"]["calls"] == 5
+    assert as_json["usage_by_model"]["openai:gpt-4o-mini"]["calls"] == 4
+
+
 def test_a_bad_spec_is_one_line_naming_the_field_and_exit_2(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text("name: x\nsubtasks:\n  - {key: a, run: {kind: python, function: 'no colon'}, retyr: 2}\n")
