@@ -451,6 +451,20 @@ def worker(
     app.worker_main(argv)
 
 
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+def graph(file: Path) -> None:
+    """Print the pipeline in FILE (fanflow's format or the seed tutorial's) as a Mermaid flowchart.
+
+    \b
+    Examples:
+      fanflow graph examples/tutorial/03_fan_out_fan_in.yml > graph.mmd
+    """
+    from fanflow.pipeline import load_pipeline, to_mermaid
+
+    stdout.print(to_mermaid(load_pipeline(file).pipeline), markup=False, soft_wrap=True)
+
+
 @main.group()
 def dev() -> None:
     """Tools for trying fanflow offline."""

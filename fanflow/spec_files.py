@@ -15,7 +15,7 @@ import yaml
 from fanflow.errors import SpecError
 from fanflow.spec import FanOut, validate_fanout
 
-__all__ = ["load_spec"]
+__all__ = ["load_spec", "parse_json", "parse_yaml"]
 
 
 def load_spec(path: str | Path) -> FanOut:
@@ -34,7 +34,7 @@ def load_spec(path: str | Path) -> FanOut:
         raise SpecError(f"cannot read spec file {str(file)!r}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{file.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    data = _parse_json(text, file.name) if file.suffix == ".json" else _parse_yaml(text, file.name)
+    data = parse_json(text, file.name) if file.suffix == ".json" else parse_yaml(text, file.name)
     return validate_fanout(data, source=file.name)
 
 
@@ -56,7 +56,7 @@ def _duplicate_key(source: str, path: list[str | int], line: int, first_line: in
     )
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
     """``yaml.safe_load(text)``, refusing duplicate keys; every error is a one-line ``SpecError``."""
     loader: yaml.SafeLoader | None = None
     try:
@@ -119,7 +119,7 @@ def _check_yaml_keys(
             _check_yaml_keys(loader, value_node, source, [*path, name], seen)
 
 
-def _parse_json(text: str, source: str) -> Any:
+def parse_json(text: str, source: str) -> Any:
     """``json.loads(text)``, refusing duplicate keys; every error is a one-line ``SpecError``."""
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -76,3 +76,13 @@ def test_help_reads_well() -> None:
     for command in ("run", "submit", "status", "result", "retry", "cancel", "watch", "worker"):
         assert command in done.stdout
     assert "Examples:" in done.stdout
+
+
+def test_graph_prints_a_tutorial_graph_as_mermaid() -> None:
+    done = fanflow("graph", "examples/tutorial/03_fan_out_fan_in.yml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("flowchart LR\n")
+    assert "dispatcher[dispatcher] --> economic_analyst[economic_analyst]" in done.stdout
+    assert "social_analyst --> synthesizer" in done.stdout
+    bad = fanflow("graph", "examples/wordcount.yaml")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
