@@ -62,8 +62,9 @@ class Pacer(Protocol):
         """Seconds until the branch's place in its job's line (None: no line, go now)."""
 
 
-#: How long a process trusts its copy of a key's limit (for pacing) before reading it again.
-LIMIT_CACHE_S = 5.0
+#: How long a process trusts its copy of a key's limit and cool-down before reading them again: a
+#: limit set (or a cool-down another worker started) on a key nothing limited is seen within this.
+LIMIT_CACHE_S = 1.0
 
 
 class Gate:
@@ -92,7 +93,8 @@ class Gate:
         self._observed: dict[str, float] = {}
         self.observe_interval_s = observe_interval_s
         self.pacer = pacer
-        self._limits: dict[str, tuple[float, Limit | None]] = {}
+        #: key -> (when read, its limit, until when it cools down): monotonic seconds
+        self._limits: dict[str, tuple[float, Limit | None, float]] = {}
         self._lock = threading.Lock()
 
     def admit(
@@ -111,8 +113,9 @@ class Gate:
         wait in the slot; ``CANCELLED`` when the job was cancelled meanwhile. With ``job_id`` the
         wait is the branch's place in its job's line on the key (see the class).
         """
+        keys = [key for key in keys if self._in_force(key)]
         if not keys:
-            return None
+            return None  # nothing limits these keys and none cools down: no round trip
         while True:
             verdict = self.limiter.acquire(
                 keys, input_tokens=estimate.input_tokens, output_tokens=estimate.output_tokens
@@ -177,14 +180,28 @@ class Gate:
                 spacings[key] = round(spacing)
         return spacings
 
+    def any_limited(self, keys: Sequence[str]) -> bool:
+        """Whether any of ``keys`` has a limit (as this process last read it, at most
+        ``LIMIT_CACHE_S`` ago)."""
+        return any(self._limit(key) is not None for key in keys)
+
     def _limit(self, key: str) -> Limit | None:
+        return self._glance(key)[1]
+
+    def _in_force(self, key: str) -> bool:
+        """The key has a limit, or cools down: an attempt must be admitted on it."""
+        _, limit, cooling_until = self._glance(key)
+        return limit is not None or cooling_until > time.monotonic()
+
+    def _glance(self, key: str) -> tuple[float, Limit | None, float]:
         now = time.monotonic()
         cached = self._limits.get(key)
         if cached is not None and now - cached[0] < LIMIT_CACHE_S:
-            return cached[1]
-        limit = self.limiter.get_limit(key)
-        self._limits[key] = (now, limit)
-        return limit
+            return cached
+        limit, cooldown_s = self.limiter.glance(key)
+        fresh = (now, limit, now + cooldown_s if cooldown_s else 0.0)
+        self._limits[key] = fresh
+        return fresh
 
     def settle(self, admission: Admission | None, usage: Usage) -> None:
         """The attempt ran: count its real usage instead of the estimate; free its slot."""
@@ -204,6 +221,8 @@ class Gate:
         """A provider said 429: every worker waits ``seconds`` on each of ``keys``."""
         for key in keys:
             self.limiter.cooldown(key, seconds)
+            read_at, limit, _ = self._glance(key)
+            self._limits[key] = (read_at, limit, time.monotonic() + seconds)
 
     def observe(self, key: str, headers: Mapping[str, str]) -> None:
         """Feed a response's rate-limit headers to the shared state of ``key``.

@@ -210,10 +210,13 @@ class BranchRunner:
 
     def _record(self, job_id: str, job: StoredJob, outcome: SubtaskOutcome, token: str) -> None:
         cancel = isinstance(job.spec.failure, AllOrNothing)
+        # With a budget every call was counted as it settled; without one, counted now, once.
+        spend = outcome.usage_by_model if job.spec.budget is None else None
         self.patiently(
-            lambda: self.store.record_outcome(job_id, outcome, cancel_on_failure=cancel, token=token),
+            lambda: self.store.record_outcome(job_id, outcome, cancel_on_failure=cancel, token=token,
+                                              spend=spend),
             "recorded an outcome",
-        )
+        )  # fmt: skip
 
     def _execute_safely(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
@@ -232,6 +235,15 @@ class BranchRunner:
     def _execute(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None
     ) -> SubtaskOutcome | Deferral:
+        state = _Attempts(keys=[])
+        result = self._run_attempts(job_id, job, subtask, round_, worker, state)
+        if isinstance(result, SubtaskOutcome) and state.by_model:
+            return result.model_copy(update={"usage_by_model": dict(state.by_model)})
+        return result
+
+    def _run_attempts(
+        self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None, state: _Attempts
+    ) -> SubtaskOutcome | Deferral:
         started = time.time()
         executor = executor_for(subtask.run.kind)
         branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars,
@@ -242,8 +254,7 @@ class BranchRunner:
         except Exception as exc:  # noqa: BLE001 - a template that cannot be filled fails the branch
             return _failed(subtask.key, round_, exc, attempts=0, usage=Usage(), started_at=started,
                            worker=worker)  # fmt: skip
-        keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
-        state = _Attempts(keys=keys)
+        keys = state.keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
 
         def cancelled() -> bool:
             return self.store.cancel_reason(job_id) is not None
@@ -263,8 +274,9 @@ class BranchRunner:
             state.attempt += 1
             result = _attempt(job, subtask, executor, prepared)
             if isinstance(result, Execution):
-                self.spending.settle(job_id, ticket, result, key=subtask.key)
-                state.spent += result.usage
+                # Without a budget to settle, the call's spend is counted with the outcome (once).
+                self.spending.settle(job_id, ticket, result, key=subtask.key, count=False)
+                state.add(result.model or getattr(subtask.run, "model", None), result.usage)
                 judged = _judge(subtask, result)
                 if not isinstance(judged, BaseException):
                     return SubtaskOutcome(
@@ -300,8 +312,8 @@ class BranchRunner:
             return None
         executor = executor_for(subtask.run.kind)
         keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
-        if not keys:
-            return None
+        if not self.gate.any_limited(keys):
+            return None  # no line without a limit (the common case: nothing to render or ask)
         branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars)
         try:
             estimate = executor.estimate(executor.prepare(subtask.run, branch))
@@ -311,15 +323,15 @@ class BranchRunner:
 
     def _settle_failure(
         self, job_id: str, ticket: Ticket, key: str, error: Exception, state: _Attempts
-    ) -> Callable[[], None]:
+    ) -> Callable[[], object]:
         """How a failed call gives its reservations back: released, or — when it failed after
         spending (an agent that ran, then exited non-zero) — settled to what it spent."""
         spent = getattr(error, "usage", None)
         if not isinstance(spent, Usage) or spent.is_zero:
             return functools.partial(self.spending.release, job_id, ticket, key=key)
-        state.spent += spent
         run = Execution(output=None, usage=spent, model=getattr(error, "model", None))
-        return functools.partial(self.spending.settle, job_id, ticket, run, key=key)
+        state.add(run.model, spent)
+        return functools.partial(self.spending.settle, job_id, ticket, run, key=key, count=False)
 
     def _after_rejection(
         self,
@@ -345,7 +357,7 @@ class BranchRunner:
         error: Exception,
         state: _Attempts,
         *,
-        release: Callable[[], None],
+        release: Callable[[], object],
     ) -> str:
         """After a failed call (whose reservations ``release`` gives back): ``again`` (after a
         cool-down or a backoff), ``cancelled`` or ``fail``."""
@@ -381,6 +393,15 @@ class _Attempts:
     attempt: int = 0
     throttled: int = 0
     spent: Usage = field(default_factory=Usage)
+    by_model: dict[str, Usage] = field(default_factory=dict)
+
+    def add(self, model: str | None, usage: Usage) -> None:
+        """Count what one call spent, in all and for its model."""
+        if usage.is_zero:
+            return
+        self.spent += usage
+        name = model or "other"
+        self.by_model[name] = self.by_model.get(name, Usage()) + usage
 
 
 @dataclass(frozen=True, slots=True)

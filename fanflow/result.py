@@ -90,6 +90,9 @@ class SubtaskOutcome(_Result):
     error: ErrorInfo | None = None
     attempts: int = 0
     usage: Usage = Field(default_factory=Usage)
+    usage_by_model: dict[str, Usage] = Field(
+        default_factory=dict, description="the branch's usage per model (agents may report several)"
+    )
     round: int = 0
     worker: str | None = None
     started_at: float | None = None

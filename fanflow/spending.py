@@ -106,16 +106,23 @@ class Spending:
             if cancelled():
                 return CANCELLED
 
-    def settle(self, job_id: str, ticket: Ticket, execution: Execution, *, key: str) -> None:
-        """The call ran: count its real spend once, settle its reservations, learn from its headers."""
+    def settle(
+        self, job_id: str, ticket: Ticket, execution: Execution, *, key: str, count: bool = True
+    ) -> bool:
+        """The call ran: settle its reservations, learn from its headers, and count its real spend
+        in the job's usage — now, or (``count`` False, no budget reservation to settle) not: the
+        caller counts it with the branch's outcome (one round trip fewer per call). Returns whether
+        it was counted."""
         usage = execution.usage
         model = execution.model or ticket.model
-        if ticket.reservation is not None or not usage.is_zero:
+        counted = ticket.reservation is not None or (count and not usage.is_zero)
+        if counted:
             self.store.record_spend(job_id, model or "other", usage, reservation=ticket.reservation, key=key)
         if self.gate is not None:
             self.gate.settle(ticket.admission, usage)
             if execution.headers and model is not None:
                 self.gate.observe(model, execution.headers)
+        return counted
 
     def release(self, job_id: str, ticket: Ticket, *, key: str) -> None:
         """The call failed before it spent: give its reservations back."""

@@ -312,17 +312,31 @@ class JobStore:
         return BranchVerdict(str(reply[0]), int(reply[1]), reason)
 
     def record_outcome(
-        self, job_id: str, outcome: SubtaskOutcome, *, cancel_on_failure: bool, token: str = ""
+        self,
+        job_id: str,
+        outcome: SubtaskOutcome,
+        *,
+        cancel_on_failure: bool,
+        token: str = "",
+        spend: dict[str, Usage] | None = None,
     ) -> bool:
-        """Store a branch's outcome once per (branch, round) and drop its lease; False for a duplicate."""
+        """Store a branch's outcome once per (branch, round) and drop its lease; False for a duplicate.
+
+        ``spend``: what its calls spent per model, not yet counted in the job's usage — counted with
+        the outcome, once (a duplicate delivery's outcome is not written, so not counted).
+        """
         keys = self.keys(job_id)
         error = f"{outcome.key}: {outcome.error.type}: {outcome.error.message}" if outcome.error else ""
+        spent: list[str | int] = [len(spend or {})]
+        for model, usage in (spend or {}).items():
+            spent += [model, usage.input_tokens, usage.output_tokens, usage.cached_tokens,
+                      nano_usd(usage.cost_usd), usage.calls]  # fmt: skip
         recorded = self._record(
             keys=[keys.meta, keys.rounds, keys.outcomes, keys.leases, keys.events, keys.cancel,
-                  keys.owners, keys.queued],
+                  keys.owners, keys.queued, keys.usage],
             args=[
                 outcome.key, outcome.round, outcome.model_dump_json(), outcome.status.value,
-                "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000], token,
+                "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000], token, *spent,
             ],
             client=self._branch_client,
         )  # fmt: skip

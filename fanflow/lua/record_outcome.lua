@@ -5,6 +5,9 @@
 -- ARGV[5] '1' to cancel the siblings when this outcome is a failure (all_or_nothing)
 -- ARGV[6] key ttl (s)   ARGV[7] events maxlen  ARGV[8] error summary (for the job's first error)
 -- ARGV[9] delivery token (its lease is dropped; another delivery's live lease is left alone)
+-- KEYS[9] the job's usage hash; ARGV[10] how many models' spend this outcome brings (0: none, its
+--   calls were counted one by one), then per model: name, input, output, cached tokens, cost
+--   (nano-USD), calls — counted here, once, with the outcome
 -- Returns 1 when recorded, 0 for a duplicate (a redelivered or stale message).
 local key, round = ARGV[1], tonumber(ARGV[2])
 local owner = redis.call('HGET', KEYS[7], key)
@@ -29,6 +32,14 @@ if ARGV[4] == 'failed' then
   end
 end
 for i = 2, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+local fields = {'in', 'out', 'cached', 'cost', 'calls'}
+for m = 0, tonumber(ARGV[10] or '0') - 1 do
+  local base = 11 + m * 6
+  for f = 1, 5 do
+    redis.call('HINCRBY', KEYS[9], ARGV[base] .. '|' .. fields[f], tonumber(ARGV[base + f]))
+  end
+  redis.call('EXPIRE', KEYS[9], ARGV[6])
+end
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'type', 'finished', 'key', key, 'round', round,
   'status', ARGV[4])
 return 1

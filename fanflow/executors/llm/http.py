@@ -1,18 +1,15 @@
-"""HTTP plumbing shared by both wire APIs: pooled clients, error mapping, ``Retry-After``.
+"""HTTP plumbing shared by both wire APIs: per-thread clients, error mapping, ``Retry-After``.
 
-Clients are per process, created on first use and shared by threads (httpx clients are
-thread-safe), with no limit on connections (the shared limiter decides how many calls run) and up
-to 1000 kept alive. A base URL gets up to ``POOL_SHARDS`` clients and each thread always uses the
-same one of them (threads are dealt to shards in turn): httpcore's pool walks every connection it
-holds on each request, some of it quadratically, so one pool shared by hundreds of threads costs
-milliseconds of CPU per call, while a shard holds a few connections. Every client shares one TLS
-context (loading the CA bundle once). A forked child starts with no clients, so it never shares a
-parent's sockets. Nothing here retries: the branch runner owns retries.
+Each worker thread has its own ``httpx.Client`` per base URL, created on first use: a thread makes
+one call at a time, so its client keeps one connection alive and no pool is shared. (One client
+shared by hundreds of threads costs milliseconds of CPU per call — httpcore's pool walks every
+connection it holds on each request — and was seen failing calls with "Bad file descriptor".) Every
+client shares one TLS context (the CA bundle is loaded once). A forked child starts with no clients,
+so it never shares a parent's sockets. Nothing here retries: the branch runner owns retries.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import ssl
@@ -29,7 +26,6 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "DEFAULT_TIMEOUT_S",
     "MAX_ERROR_CHARS",
-    "POOL_SHARDS",
     "close_clients",
     "get_client",
     "http_error",
@@ -41,62 +37,53 @@ __all__ = [
 DEFAULT_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 10.0
 MAX_ERROR_CHARS = 500
-#: Clients (connection pools) per base URL; each thread sticks to one.
-POOL_SHARDS = 32
-
-_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=1000)
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=8)
 
 _lock = threading.Lock()
-_clients: dict[tuple[str, int], httpx.Client] = {}
+_clients: list[httpx.Client] = []  # every client made, to close them all
+_generation = 0  # bumped by close_clients: threads then make new clients
 _ssl_context: ssl.SSLContext | None = None
 _thread = threading.local()
-_next_shard = itertools.count()
-
-
-def _shard() -> int:
-    try:
-        shard: int = _thread.shard
-    except AttributeError:
-        shard = _thread.shard = next(_next_shard) % POOL_SHARDS
-    return shard
 
 
 def get_client(base_url: str) -> httpx.Client:
-    """This thread's client for ``base_url`` (created on first use, thread-safe)."""
-    key = (base_url, _shard())
-    client = _clients.get(key)
-    if client is not None:
-        return client
-    global _ssl_context
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
+    """This thread's client for ``base_url`` (created on first use)."""
+    mine: dict[str, httpx.Client] | None = getattr(_thread, "clients", None)
+    if mine is None or getattr(_thread, "generation", -1) != _generation:
+        mine = _thread.clients = {}
+        _thread.generation = _generation
+    client = mine.get(base_url)
+    if client is None:
+        global _ssl_context
+        with _lock:
             if _ssl_context is None:
                 _ssl_context = httpx.create_ssl_context()
             client = httpx.Client(
-                verify=_ssl_context,
-                limits=_LIMITS,
-                timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                follow_redirects=False,
-            )
-            _clients[key] = client
+                verify=_ssl_context, limits=_LIMITS,
+                timeout=httpx.Timeout(DEFAULT_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), follow_redirects=False,
+            )  # fmt: skip
+            _clients.append(client)
+        mine[base_url] = client
     return client
 
 
 def close_clients() -> None:
     """Close every client of this process (tests; shutdown). The next call opens new ones."""
+    global _generation
     with _lock:
-        clients = list(_clients.values())
+        clients = list(_clients)
         _clients.clear()
+        _generation += 1
     for client in clients:
         client.close()
 
 
 def _forget_after_fork() -> None:
     # The parent's sockets must not be used (or closed) by a child: start over without them.
-    global _lock
+    global _lock, _generation
     _lock = threading.Lock()
     _clients.clear()
+    _generation += 1
 
 
 if hasattr(os, "register_at_fork"):
