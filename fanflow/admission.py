@@ -71,8 +71,8 @@ class Gate:
     """Admits branch attempts on their limit keys; tracks admissions for the heartbeat to renew.
 
     Fairness between jobs on a busy key: every job has its own line on each key (``Pacer``). A
-    branch the limits refuse takes its job's next place (one place per ``window / requests``, or
-    per the share of the token limit its estimate needs), and a job's later branches wait for their
+    branch the limits refuse takes its job's next place (one place per ``window / requests``), and a
+    job's later branches wait for their
     places instead of crowding the key — so a 10-branch job submitted behind a 5,000-branch one
     gets about half the key at once, not what is left after the big one drains.
     """
@@ -158,24 +158,17 @@ class Gate:
         return Deferral(countdown_s=min(wait, self.max_countdown_s), key=keys[0], reason="pacing")
 
     def spacings(self, keys: Sequence[str], estimate: Usage) -> dict[str, int]:
-        """One place in line per this many ms on each limited key (keys limited only in
-        concurrency, or not at all, have no line)."""
+        """One place in line per this many ms on each key with a request rate (``window /
+        requests``). Keys limited only in tokens or concurrency have no line: a token estimate
+        (prompt + ``max_tokens``) is far above what a call really spends, so pacing by it would
+        space calls out for nothing; those keys are shared through their refusals alone."""
         spacings: dict[str, int] = {}
         for key in keys:
             limit = self._limit(key)
-            if limit is None:
+            if limit is None or not limit.requests:
                 continue
             window_ms = limit.window_ms + min(WINDOW_GUARD_MS, limit.window_ms // 20)
-            spacing = 0.0
-            if limit.requests:
-                spacing = window_ms / limit.requests * 1.02
-            needs = (
-                (limit.tokens, estimate.total_tokens), (limit.input_tokens, estimate.input_tokens),
-                (limit.output_tokens, estimate.output_tokens),
-            )  # fmt: skip
-            for cap, need in needs:
-                if cap and need:
-                    spacing = max(spacing, window_ms * min(need, cap) / cap)
+            spacing = window_ms / limit.requests * 1.02
             if spacing >= 1:
                 spacings[key] = round(spacing)
         return spacings
