@@ -72,9 +72,9 @@ class Gate:
 
     Fairness between jobs on a busy key: every job has its own line on each key (``Pacer``). A
     branch the limits refuse takes its job's next place (one place per ``window / requests``), and a
-    job's later branches wait for their
-    places instead of crowding the key — so a 10-branch job submitted behind a 5,000-branch one
-    gets about half the key at once, not what is left after the big one drains.
+    job's later branches wait for their places instead of crowding the key — so a 10-branch job
+    submitted behind a 5,000-branch one gets about half the key at once, not what is left after the
+    big one drains.
     """
 
     def __init__(
