@@ -6,16 +6,20 @@ worker entry (``bench.apps``) imports it to register the plain tasks next to fan
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
 from typing import Any
 
+import httpx
 from celery import Celery, Task
 
 from fanflow.app import CONTROL_QUEUE, QUEUES
 
 __all__ = [
-    "COLLECT_TASK", "NOOP_PATH", "NOOP_TASK", "PY_QUEUE", "STAMP_PATH", "STAMP_QUEUE", "noop",
-    "register_plain_tasks", "register_rate_task", "stamp",
+    "COLLECT_TASK", "LLM_CALL_TASK", "LLM_COLLECT_TASK", "NOOP_PATH", "NOOP_TASK", "PY_QUEUE",
+    "STAMP_PATH", "STAMP_QUEUE", "llm_http", "noop", "register_plain_llm_tasks", "register_plain_tasks",
+    "register_rate_task", "stamp",
 ]  # fmt: skip
 
 #: The queue both systems' branches go to, and fanflow's merges and the plain chord body go to.
@@ -72,3 +76,82 @@ def register_plain_tasks(app: Celery) -> tuple[Task[Any, Any], Task[Any, Any]]:
         return len(results)
 
     return plain_noop, collect
+
+
+# --- the plain baseline of bench.io_fanout: one model call per task -------------------------------
+
+LLM_CALL_TASK = "bench.llm_call"
+LLM_COLLECT_TASK = "bench.llm_collect"
+
+_llm_client: httpx.Client | None = None
+_llm_tls: ssl.SSLContext | None = None
+_llm_lock = threading.Lock()
+_llm_local = threading.local()
+
+
+def _new_llm_client() -> httpx.Client:
+    """A client with fanflow's model-call pool and timeouts (no connection limit, 1000 kept alive), so
+    that httpx's default of 100 connections per client does not cap the calls in flight."""
+    global _llm_tls
+    with _llm_lock:
+        if _llm_tls is None:  # costly to build: every client of the process shares one
+            _llm_tls = httpx.create_ssl_context()
+    return httpx.Client(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=1000),
+        timeout=httpx.Timeout(600.0, connect=10.0),
+        verify=_llm_tls,
+    )
+
+
+def llm_http(*, per_thread: bool = False) -> httpx.Client:
+    """The process's one ``httpx.Client``, shared by every task thread (created on first use).
+
+    ``per_thread``: the calling thread's own client instead (a connection pool per thread).
+    """
+    global _llm_client
+    if per_thread:
+        client: httpx.Client | None = getattr(_llm_local, "client", None)
+        if client is None:
+            client = _llm_local.client = _new_llm_client()
+        return client
+    if _llm_client is None:
+        client = _new_llm_client()
+        with _llm_lock:
+            if _llm_client is None:
+                _llm_client = client
+    return _llm_client
+
+
+def register_plain_llm_tasks(
+    app: Celery, base_url: str, *, per_thread: bool = False
+) -> tuple[Task[Any, Any], Task[Any, Any]]:
+    """Register ``bench.llm_call`` (one chat completion at ``base_url``) and ``bench.llm_collect``.
+
+    Both on Celery's default queue. ``base_url`` is OpenAI's (``http://host:port/v1``).
+    ``per_thread``: each task thread calls through a client of its own (see ``llm_http``).
+    """
+    endpoint = base_url.rstrip("/") + "/chat/completions"
+
+    @app.task(name=LLM_CALL_TASK, shared=False)
+    def llm_call(index: int) -> str:
+        """One POST to the chat completions endpoint; the answer's text."""
+        response = llm_http(per_thread=per_thread).post(
+            endpoint,
+            headers={"Authorization": "Bearer fake"},
+            json={
+                "model": "gpt-4o-mini",
+                "messages": [{"role": "user", "content": f"question {index}"}],
+                "max_tokens": 16,
+                "temperature": 0.0,
+            },
+        )
+        response.raise_for_status()
+        text: str = response.json()["choices"][0]["message"]["content"]
+        return text
+
+    @app.task(name=LLM_COLLECT_TASK, shared=False)
+    def llm_collect(results: list[str]) -> list[str]:
+        """The chord body: every answer, in the header's order."""
+        return results
+
+    return llm_call, llm_collect
