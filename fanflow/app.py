@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -169,12 +170,26 @@ class RecoveryStep(bootsteps.StartStopStep):
         if settings.store_max_connections is None:
             # One connection per task thread, plus the heartbeat, the sweeper and the chord joins.
             store_of(worker.app).resize_pool(int(worker.concurrency or 1) + 8, per_thread=True)
+        # Agent runs whose worker died (SIGKILL) left worktrees: commit their work, remove them.
+        threading.Thread(target=_clean_worktrees, name="fanflow-worktree-cleanup", daemon=True).start()
 
     def create(self, worker: Any) -> Sweeper:  # type: ignore[override]
         """The sweeper this step starts, stops and terminates with the worker."""
         sweeper: Sweeper = worker.app.fanflow_sweeper
         sweeper.hostname = str(getattr(worker, "hostname", "") or sweeper.hostname)
         return sweeper
+
+
+def _clean_worktrees() -> None:
+    from fanflow.executors.agent import AGENT_EXECUTOR
+
+    try:
+        removed = AGENT_EXECUTOR.worktrees.cleanup_known()
+    except Exception:
+        logging.getLogger("fanflow").exception("fanflow: cleaning up dead runs' worktrees failed")
+        return
+    if removed:
+        logging.getLogger("fanflow").info("fanflow: removed %d worktrees of dead agent runs", len(removed))
 
 
 def limiter_of(app: Celery) -> Limiter:

@@ -34,7 +34,7 @@ from fanflow.executors.agent.workspace import (
     collect_changes,
     open_workspace,
 )
-from fanflow.executors.agent.worktrees import WorktreeManager
+from fanflow.executors.agent.worktrees import WorktreeManager, note_agent
 from fanflow.result import Usage
 from fanflow.spec import AgentRun
 
@@ -157,10 +157,21 @@ class AgentExecutor:
                 prepared.argv, cwd=workspace.path, env=agent_environment(spec.env),
                 timeout_s=prepared.timeout_s, kill_grace_s=spec.kill_grace_s, tail_bytes=self.tail_bytes,
                 on_stdout_line=scanner.feed, should_stop=prepared.cancelled,
+                on_start=_recorder(workspace),
             )  # fmt: skip
         except OSError as exc:
             raise AgentFailedError(f"could not start {prepared.argv[0]!r}: {exc.strerror or exc}") from None
         return process, scanner.report(process.stdout)
+
+
+def _recorder(workspace: Workspace) -> Callable[[int], None] | None:
+    """Notes the agent's process group in its worktree's record (a cleanup after its worker died
+    stops it); None without a worktree."""
+    worktree = workspace.worktree
+    if worktree is None:
+        return None
+    record = worktree.record
+    return lambda pgid: note_agent(record, pgid)
 
 
 def _output(

@@ -231,6 +231,7 @@ def run_process(
     tail_bytes: int = TAIL_BYTES,
     on_stdout_line: Callable[[bytes], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` (never through a shell) in its own process group and wait for it.
 
@@ -243,6 +244,7 @@ def run_process(
         tail_bytes: how much of the end of stdout and of stderr to keep.
         on_stdout_line: called with each complete stdout line (without its newline).
         should_stop: asked about once a second; True stops the process group (its job was cancelled).
+        on_start: called with the process group's id once it runs.
 
     Raises:
         OSError: the program could not be started (not found, not executable ...).
@@ -252,6 +254,8 @@ def run_process(
         stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
     )  # fmt: skip
     assert process.stdout is not None and process.stderr is not None
+    if on_start is not None:
+        on_start(process.pid)  # a session leader's group id is its pid
     out, err = _Capture(tail_bytes, on_stdout_line), _Capture(tail_bytes, None)
     supervisor = _Supervisor(process, timeout_s, kill_grace_s, should_stop)
     pipes: dict[int, tuple[IO[bytes], _Capture]] = {

@@ -20,6 +20,7 @@ one fetch). Its branches live in that clone only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -159,6 +161,9 @@ class WorktreeManager:
         )
         self.fetch_ttl_s = fetch_ttl_s
         self._cleaned: set[Path] = set()
+        #: The repositories this host made worktrees in, one path a line: what a worker starting
+        #: up cleans after runs that died with their worker (``cleanup_known``).
+        self.registry = self.cache_dir.parent / "worktree-repos"
 
     # --- repositories -----------------------------------------------------------------------------
 
@@ -223,6 +228,7 @@ class WorktreeManager:
         common = _common_dir(local)
         if common not in self._cleaned:  # the first use in this process cleans up after dead runs
             self._cleaned.add(common)
+            self._register(local)
             self._cleanup(local, common)
         root = self._root(common)
         root.mkdir(parents=True, exist_ok=True)
@@ -263,6 +269,41 @@ class WorktreeManager:
             _remove_locked(worktree.repo, worktree.path)
         worktree.record.unlink(missing_ok=True)
 
+    def _register(self, local: Path) -> None:
+        """Remember ``local`` in this host's registry (once; appends are atomic for short lines)."""
+        line = f"{local.resolve()}\n"
+        try:
+            self.registry.parent.mkdir(parents=True, exist_ok=True)
+            known = self.registry.read_text(encoding="utf-8") if self.registry.exists() else ""
+            if line not in known.splitlines(keepends=True):
+                with self.registry.open("a", encoding="utf-8") as file:
+                    file.write(line)
+        except OSError:
+            logger.warning("fanflow: cannot record %s in %s", local, self.registry)
+
+    def cleanup_known(self) -> list[Path]:
+        """Clean up after dead runs in every repository this host made worktrees in (worker start).
+
+        Returns:
+            The removed worktrees' paths.
+        """
+        try:
+            paths = self.registry.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return []
+        removed: list[Path] = []
+        for path in dict.fromkeys(p for p in paths if p.strip()):
+            local = Path(path)
+            if not local.exists():
+                continue
+            try:
+                common = _common_dir(local)
+                self._cleaned.add(common)
+                removed += self._cleanup(local, common)
+            except (GitError, OSError) as exc:
+                logger.warning("fanflow: could not clean up worktrees of %s: %s", local, exc)
+        return removed
+
     def cleanup(self, repo: str) -> list[Path]:
         """Remove the worktrees whose owning process died on this host, then ``git worktree prune``.
 
@@ -288,6 +329,7 @@ class WorktreeManager:
                 if record is None or record.get("common_dir") != str(common) or _owner_alive(record):
                     continue
                 path = Path(str(record.get("path")))
+                _stop_orphan(record)  # its agent outlived the worker (a process group of its own)
                 if path.is_dir() and not _salvage(path, str(record.get("branch"))):
                     continue
                 if path.exists():
@@ -311,6 +353,29 @@ def _write_record(record: Path, *, path: Path, branch: str, base: str, common: P
     partial = record.with_name(record.name + ".partial")
     partial.write_text(json.dumps(data), encoding="utf-8")
     partial.replace(record)
+
+
+def note_agent(record: Path, pgid: int) -> None:
+    """Add the agent's process group to a worktree's record, so a cleanup can stop it."""
+    data = _read_record(record)
+    if data is None:
+        return
+    data["agent_pgid"], data["agent_start"] = pgid, _process_start(pgid)
+    partial = record.with_name(record.name + ".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    partial.replace(record)
+
+
+def _stop_orphan(record: dict[str, Any]) -> None:
+    """SIGKILL the process group of an agent whose worker died, if it still runs (the same process:
+    its start time matches the record's)."""
+    pgid = record.get("agent_pgid")
+    if not isinstance(pgid, int) or record.get("host") != socket.gethostname():
+        return
+    if _process_alive(pgid, record.get("agent_start")):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+            logger.info("fanflow: stopped agent process group %d left by a dead worker", pgid)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
