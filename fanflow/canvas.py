@@ -23,7 +23,7 @@ task id first: ``merge(body_task_id, job_id, round_)``), so the round is merged 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from celery import Celery
 from celery.canvas import Signature
@@ -78,7 +78,13 @@ def merge_signature(app: Celery, job_id: str, spec: FanOut, round_: int) -> Sign
     return body
 
 
-def round_parts(job_id: str, spec: FanOut, round_: int, keys: Sequence[str] | None = None) -> list[ChordPart]:
+def round_parts(
+    job_id: str,
+    spec: FanOut,
+    round_: int,
+    keys: Sequence[str] | None = None,
+    etas: Mapping[str, str] | None = None,
+) -> list[ChordPart]:
     """The header tasks of a round: ``keys`` (None: every subtask) in declared order, indexed in it.
 
     Raises:
@@ -102,13 +108,19 @@ def round_parts(job_id: str, spec: FanOut, round_: int, keys: Sequence[str] | No
             shadow=f"{shadow}{subtask.key}]",
             argsrepr=repr((job_id, subtask.key, round_)),
             group_index=index,
+            eta=(etas or {}).get(subtask.key),
         )
         for index, subtask in enumerate(subtasks)
     ]
 
 
 def publish_round(
-    app: Celery, job_id: str, spec: FanOut, round_: int, keys: Sequence[str] | None = None
+    app: Celery,
+    job_id: str,
+    spec: FanOut,
+    round_: int,
+    keys: Sequence[str] | None = None,
+    etas: Mapping[str, str] | None = None,
 ) -> None:
     """Set the chord size and publish every header message of the round.
 
@@ -117,7 +129,7 @@ def publish_round(
     Raises:
         ValueError: no branch to publish, or a key that is not a subtask of ``spec``.
     """
-    parts = round_parts(job_id, spec, round_, keys)
+    parts = round_parts(job_id, spec, round_, keys, etas)
     if not parts:
         raise ValueError(f"job {job_id} round {round_}: no branch to publish")
     publish_parts(

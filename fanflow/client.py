@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 from celery import Celery
 
-from fanflow.app import create_app, store_of
+from fanflow.app import create_app, limiter_of, store_of
 from fanflow.canvas import publish_round, republish_branches
 from fanflow.config import Settings
 from fanflow.errors import BackendError, ConfigError, FanflowError, JobTimeoutError, SpecError
@@ -21,6 +22,8 @@ from fanflow.executors.llm import check_call_templates, provider
 from fanflow.imports import import_object
 from fanflow.keys import active_jobs_key, idempotency_key, jobs_index_key
 from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
+from fanflow.pacing import SubmitPacing, plan_pacing
+from fanflow.ratelimit import Limit
 from fanflow.result import JobResult, JobStatus, Usage
 from fanflow.spec import (
     AgentRun,
@@ -119,6 +122,8 @@ class Client:
         fanout = load_spec(spec) if isinstance(spec, (str, Path)) else validate_fanout(spec)
         self.check(fanout)
         job_id = uuid.uuid4().hex
+        pacing = self._pacing(fanout)
+        etas = pacing.etas(dt.datetime.now(dt.UTC)) if pacing.delays_ms else None
         idempotency = fanout.idempotency_key
 
         def claim() -> str | None:
@@ -133,7 +138,7 @@ class Client:
             nonlocal attempts
             attempts += 1
             if attempts == 1:
-                publish_round(self.app, job_id, fanout, 0)
+                publish_round(self.app, job_id, fanout, 0, etas=etas)
             else:  # the chord size is set: setting it again could let a fired chord fire twice
                 republish_branches(self.app, job_id, fanout, 0, None, [s.key for s in fanout.subtasks])
 
@@ -161,6 +166,9 @@ class Client:
             create = functools.partial(self.store.create_job, job_id, fanout)
             self.outage.call(create, f"submitting job {job_id}", give_up=withdraw)
             created = True
+            if pacing.delays_ms:
+                lines = functools.partial(self.store.start_lines, job_id, pacing.lines_ms, pacing.delays_ms)
+                self.outage.call(lines, f"submitting job {job_id}", give_up=withdraw)
             self._broker_call(publish, f"enqueuing job {job_id}", give_up=withdraw)
         except Exception as exc:
             if withdrawn is not None:  # an outage: the BackendError says it all
@@ -168,6 +176,19 @@ class Client:
             note = withdraw()
             raise BackendError(f"could not submit job {job_id}: {describe_exception(exc)}; {note}") from exc
         return JobHandle(self, job_id)
+
+    def _pacing(self, fanout: FanOut) -> SubmitPacing:
+        """Places in line for a job whose branches consume request-limited keys (``fanflow.pacing``)."""
+        settings: Settings = self.app.fanflow_settings  # type: ignore[attr-defined]
+        limiter = limiter_of(self.app)
+
+        def read(key: str) -> Limit | None:
+            return self.outage.call(lambda: limiter.get_limit(key), "reading the shared limits")
+
+        return plan_pacing(
+            fanout, read, in_slot_ms=int(settings.limit_wait_in_slot_s * 1000),
+            max_delay_ms=int(settings.visibility_timeout_s * 1000 / 2),
+        )  # fmt: skip
 
     def _withdraw(self, job_id: str, idempotency: str | None) -> bool:
         """Delete whatever a failed submit of ``job_id`` wrote, in one transaction; False if Redis refused.

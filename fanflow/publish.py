@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import redis
@@ -60,6 +61,7 @@ class ChordPart(NamedTuple):
     shadow: str
     argsrepr: str
     group_index: int
+    eta: str | None = None  # ISO 8601: the worker holds the message until then (submit-time pacing)
 
 
 def part_signature(
@@ -107,7 +109,9 @@ def publish_parts(
             return
         for part in parts:
             part_signature(app, task_name, group_id, body, part).apply_async(
-                producer=producer, add_to_parent=False
+                producer=producer,
+                add_to_parent=False,
+                eta=datetime.fromisoformat(part.eta) if part.eta is not None else None,
             )
 
 
@@ -269,6 +273,8 @@ class _RedisPublisher:
         headers["shadow"] = part.shadow
         headers["group_index"] = part.group_index
         headers["argsrepr"] = part.argsrepr
+        if part.eta is not None:
+            headers["eta"] = part.eta
         envelope = dict(route.envelope)
         properties = dict(envelope["properties"])
         properties["correlation_id"] = task_id

@@ -409,6 +409,23 @@ class JobStore:
         )
         return None if reply < 0 else reply / 1000
 
+    def start_lines(self, job_id: str, lines_ms: dict[str, int], delays_ms: dict[str, int]) -> None:
+        """A job paced at submit: its line on each key starts ``lines_ms`` behind now (Redis time),
+        and its delayed branches count as sent at their ETA (the sweeper leaves them alone until then)."""
+        if not lines_ms and not delays_ms:
+            return
+        seconds, micros = self.client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        keys = self.keys(job_id)
+        pipe = self.client.pipeline(transaction=False)
+        if lines_ms:
+            pipe.hset(keys.pace, mapping={key: now_ms + ms for key, ms in lines_ms.items()})
+            pipe.expire(keys.pace, self.ttl_s)
+        if delays_ms:
+            pipe.hset(keys.sent, mapping={key: now_ms + ms for key, ms in delays_ms.items()})
+            pipe.expire(keys.sent, self.ttl_s)
+        pipe.execute()
+
     def usage_by_model(self, job_id: str) -> dict[str, Usage]:
         """What the job's calls spent so far, per model (merge calls included)."""
         raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).usage))

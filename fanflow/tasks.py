@@ -104,7 +104,7 @@ def run_branch(task: Task[Any, Any], runner: BranchRunner, job_id: str, key: str
     """The body of ``fanflow.subtask``."""
     try:
         result = runner.run(job_id, key, round_, worker=task.request.hostname,
-                            first_try=not task.request.retries)  # fmt: skip
+                            first_try=not task.request.retries and task.request.eta is None)  # fmt: skip
     except _BACKEND_ERRORS as exc:
         raise _retry_later(task, exc) from exc
     if result == WAIT:

@@ -77,9 +77,10 @@ def test_a_concurrency_limit_holds_across_three_workers(
 def test_a_small_job_is_not_starved_behind_a_big_one_on_the_same_key(
     e2e_redis_url: str, key_prefix: str, start_worker: StartWorker, tmp_path: Path
 ) -> None:
-    """2,000 branches at 50/s ahead (40 s of work), then 10 more: the small job's branches all start
-    within seconds (each job has its own line on the key), and the key stays fully used."""
-    rate, big_size = 50, 2000
+    """5,000 branches at 50/s ahead (100 s of work), then 10 more: the small job's branches all start
+    within seconds (each job has its own line on the key, the big one's places given at submit), and
+    the key is never used beyond its limit."""
+    rate, big_size = 50, 5000
     big_dir, small_dir = tmp_path / "big", tmp_path / "small"
     big_dir.mkdir()
     small_dir.mkdir()
@@ -99,7 +100,7 @@ def test_a_small_job_is_not_starved_behind_a_big_one_on_the_same_key(
         f"\n{big_size} branches ahead at {rate}/s: the small job's 10 started within {last:.1f}s "
         f"(the big job had run {started_then}); busiest 1 s window {max_starts_in_window(spans, 1.0)}"
     )
-    assert last < 8.0
+    assert last < 5.0
     assert started_then < big_size / 2  # it did not wait for the big job to drain
     assert max_starts_in_window(spans, 1.0) <= rate
 
