@@ -207,10 +207,19 @@ class Subtask(_Spec):
     @field_validator("vars")
     @classmethod
     def _no_reserved_vars(cls, variables: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        reserved = sorted(set(variables) & RESERVED_VARS)
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)} is filled in by fanflow; choose another variable name")
-        return variables
+        return check_own_vars(variables, RESERVED_VARS)
+
+
+def check_own_vars(variables: dict[str, JsonValue], reserved: frozenset[str]) -> dict[str, JsonValue]:
+    """``variables`` when none of them redefines a variable fanflow fills in itself.
+
+    Raises:
+        ValueError: naming the reserved names used.
+    """
+    taken = sorted(set(variables) & reserved)
+    if taken:
+        raise ValueError(f"{', '.join(taken)} is filled in by fanflow; choose another variable name")
+    return variables
 
 
 # --- merge ----------------------------------------------------------------------------------------

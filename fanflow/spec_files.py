@@ -15,7 +15,7 @@ import yaml
 from fanflow.errors import SpecError
 from fanflow.spec import FanOut, validate_fanout
 
-__all__ = ["load_spec", "parse_json", "parse_yaml"]
+__all__ = ["load_spec", "parse_json", "parse_yaml", "read_spec_file"]
 
 
 def load_spec(path: str | Path) -> FanOut:
@@ -27,15 +27,25 @@ def load_spec(path: str | Path) -> FanOut:
         SpecError: the file is missing, unparsable (one line: file, line, column, problem), has a
             duplicate key (naming it and both lines), or the spec is invalid (naming the field).
     """
+    data, source = read_spec_file(path)
+    return validate_fanout(data, source=source)
+
+
+def read_spec_file(path: str | Path, *, what: str = "spec") -> tuple[Any, str]:
+    """The parsed content of a YAML or JSON (``.json``) file, and its name for messages.
+
+    Raises:
+        SpecError: unreadable, not UTF-8, unparsable or with a duplicate key — one line.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError(f"cannot read spec file {str(file)!r}: {exc.strerror or exc}") from exc
+        raise SpecError(f"cannot read {what} file {str(file)!r}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise SpecError(f"{file.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     data = parse_json(text, file.name) if file.suffix == ".json" else parse_yaml(text, file.name)
-    return validate_fanout(data, source=file.name)
+    return data, file.name
 
 
 # --- parsing spec files ---------------------------------------------------------------------------

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fanflow.errors import SpecError
 from fanflow.pipeline.seed_format import LoadedGraph, is_seed_graph, seed_graph
 from fanflow.pipeline.spec import validate_pipeline
-from fanflow.spec_files import parse_json, parse_yaml
+from fanflow.spec_files import read_spec_file
 
 __all__ = ["is_pipeline_data", "load_pipeline"]
 
@@ -24,16 +23,10 @@ def load_pipeline(path: str | Path, *, name: str | None = None) -> LoadedGraph:
     Raises:
         SpecError: one line naming the file and the field.
     """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read pipeline file {str(file)!r}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{file.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    data = parse_json(text, file.name) if file.suffix == ".json" else parse_yaml(text, file.name)
+    data, source = read_spec_file(path, what="pipeline")
+    stem = Path(path).stem
     if is_seed_graph(data):
-        return seed_graph(data, name=name or file.stem, source=file.name)
+        return seed_graph(data, name=name or stem, source=source)
     if isinstance(data, dict) and "name" not in data:
-        data = {**data, "name": name or file.stem}
-    return LoadedGraph(pipeline=validate_pipeline(data, source=file.name), providers={})
+        data = {**data, "name": name or stem}
+    return LoadedGraph(pipeline=validate_pipeline(data, source=source), providers={})

@@ -49,7 +49,7 @@ from fanflow.errors import SpecError
 from fanflow.executors.llm.output import validator_for
 from fanflow.executors.llm.providers import ProviderConfig
 from fanflow.pipeline.spec import GUARD_VERDICT, Edge, Pipeline, declared_links, validate_pipeline
-from fanflow.spec_files import parse_yaml
+from fanflow.spec_files import read_spec_file
 
 __all__ = [
     "DEFAULT_OLLAMA_HOST",
@@ -189,16 +189,8 @@ def load_graph(path: str | Path, *, name: str | None = None) -> LoadedGraph:
             fanflow does not run, or does not describe a valid pipeline -- one line naming the file
             and the field.
     """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read graph file {str(file)!r}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{file.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    # JSON is YAML, and the YAML parser refuses duplicate keys at any depth.
-    data = parse_yaml(text, file.name)
-    return seed_graph(data, name=name or file.stem, source=file.name)
+    data, source = read_spec_file(path, what="graph")
+    return seed_graph(data, name=name or Path(path).stem, source=source)
 
 
 def seed_graph(data: object, *, name: str, source: str | None = None) -> LoadedGraph:

@@ -63,6 +63,7 @@ from fanflow.spec import (
     SuccessCriteria,
     TaskSpec,
     TemplateName,
+    check_own_vars,
     format_validation_error,
 )
 
@@ -253,10 +254,7 @@ class PipelineNode(_Spec):
     @field_validator("vars")
     @classmethod
     def _no_reserved_vars(cls, variables: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        reserved = sorted(set(variables) & PIPELINE_VARS)
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)} is filled in by fanflow; choose another variable name")
-        return variables
+        return check_own_vars(variables, PIPELINE_VARS)
 
     @model_validator(mode="after")
     def _one_of_run_or_fanout(self) -> PipelineNode:

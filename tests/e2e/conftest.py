@@ -51,7 +51,10 @@ class WorkerProcess:
             "-c", str(concurrency), "--loglevel", "INFO", "-n", f"{name}@%h", "--without-mingle",
             "--without-gossip", *extra_args,
         ]  # fmt: skip
-        self._log: IO[bytes] = log_path.open("wb")
+        self._spawn(argv, env)
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        self._log: IO[bytes] = self.log_path.open("wb")
         try:
             # A session of its own: killpg reaches the worker and anything it started, nothing else.
             self.process = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -14,22 +13,13 @@ from fanflow.config import Settings
 from fanflow.dev.agents import AGENTS_DIR
 from fanflow.spec import FanOut
 from tests.e2e.conftest import StartWorker, worker_env
+from tests.gitrepo import sh_git
 
 pytestmark = pytest.mark.e2e
 
-IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
-
-
-def _git(repo: Path, *args: str) -> str:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")} | IDENTITY
-    return subprocess.run(
-        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
-    ).stdout
-
 
 def _worktrees(repo: Path) -> list[str]:
-    lines = _git(repo, "worktree", "list", "--porcelain").splitlines()
+    lines = sh_git(repo, "worktree", "list", "--porcelain").splitlines()
     return [line.split(" ", 1)[1] for line in lines if line.startswith("worktree ")][1:]
 
 
@@ -39,10 +29,10 @@ def test_a_worker_killed_mid_agent_leaves_no_worktree_after_the_next_worker_star
 ) -> None:
     repo = tmp_path / "project"
     repo.mkdir()
-    _git(repo, "init", "-q", "-b", "main")
+    sh_git(repo, "init", "-q", "-b", "main")
     (repo / "README.md").write_text("# project\n")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "initial")
+    sh_git(repo, "add", "-A")
+    sh_git(repo, "commit", "-q", "-m", "initial")
     env = worker_env(e2e_redis_url, key_prefix) | {"FANFLOW_REPO_CACHE": str(tmp_path / "cache" / "repos")}
     first = start_worker("w0", env=env, queues="fanflow.agent,fanflow.control", concurrency=2)
     first.wait_ready()
@@ -66,10 +56,10 @@ def test_a_worker_killed_mid_agent_leaves_no_worktree_after_the_next_worker_star
         assert time.monotonic() < deadline, f"still there: {_worktrees(repo)}"
         time.sleep(0.2)
     assert not Path(left).exists()
-    branches = _git(repo, "branch", "--list", "fanflow/*").split()
+    branches = sh_git(repo, "branch", "--list", "fanflow/*").split()
     assert len(branches) == 1  # the dead run's branch is kept, with what it had written
-    assert _git(repo, "show", f"{branches[0]}:notes.txt") == "half done\n"
-    assert _git(repo, "status", "--porcelain") == ""
+    assert sh_git(repo, "show", f"{branches[0]}:notes.txt") == "half done\n"
+    assert sh_git(repo, "status", "--porcelain") == ""
     # The agent itself (a process group of its own, so the worker's SIGKILL missed it) was stopped.
     assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
                 .splitlines() if "sleep 60" in line and str(AGENTS_DIR) in line]  # fmt: skip

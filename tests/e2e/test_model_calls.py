@@ -20,12 +20,11 @@ import binascii
 import json
 import re
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import redis
@@ -36,7 +35,7 @@ from fanflow.dev.fake_llm import FakeLLM
 from fanflow.ratelimit import Limit
 from fanflow.result import JobResult, JobStatus, OutcomeStatus
 from fanflow.spec import FanOut
-from tests.e2e.conftest import REPO_ROOT, WORKERS_KEY, StartWorker, WorkerProcess, worker_env
+from tests.e2e.conftest import WORKERS_KEY, StartWorker, WorkerProcess, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +56,7 @@ class CliWorker(WorkerProcess):
             sys.executable, "-m", "fanflow.cli", "worker", "-Q", LLM_QUEUES, "-l", "INFO",
             "-n", f"{name}@%h", "--without-mingle", "--without-gossip",
         ]  # fmt: skip
-        self._log: IO[bytes] = log_path.open("wb")
-        try:
-            self.process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        except BaseException:
-            self._log.close()
-            raise
+        self._spawn(argv, env)
 
 
 StartCliWorkers = Callable[..., list[WorkerProcess]]

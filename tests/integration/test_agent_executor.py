@@ -8,7 +8,6 @@ No Redis and no Celery here: these tests call prepare/execute themselves.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -34,19 +33,10 @@ from fanflow.executors.agent.process import BASE_ENV
 from fanflow.executors.agent.worktrees import LOCK_NAME, repo_lock
 from fanflow.executors.llm.pricing import cost_usd
 from fanflow.spec import AgentRun
+from tests.gitrepo import sh_git
 
 AGENTS = AGENTS_DIR
-IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
 CLAUDE_JSON = ["--output-format", "json"]
-
-
-def sh_git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **IDENTITY}
-    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
-        env.pop(name, None)
-    done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True)
-    return done.stdout
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ read as Claude Code's.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -19,18 +17,10 @@ from fanflow.client import Client
 from fanflow.dev.agents import AGENTS_DIR
 from fanflow.result import JobStatus, OutcomeStatus
 from fanflow.spec import FanOut, GitMerge
+from tests.gitrepo import sh_git
 
 CLAUDE = str(AGENTS_DIR / "claude")
 MODULES = ("alpha", "beta", "gamma", "delta")
-IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
-
-
-def sh_git(repo: Path, *args: str) -> str:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")} | IDENTITY
-    return subprocess.run(
-        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
-    ).stdout
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ work committed, the worktree removed); no Redis and no Celery here.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +19,9 @@ from fanflow.gitmerge import MARKER, git_merge, kept_branches
 from fanflow.merge import merge_outputs
 from fanflow.result import OutcomeStatus, SubtaskOutcome
 from fanflow.spec import FanOut, GitMerge, validate_fanout
+from tests.gitrepo import sh_git
 
-IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # fmt: skip
 README = "# project\nline two\n\nmiddle\n\nline six\n"
-
-
-def sh_git(repo: Path, *args: str, check: bool = True) -> str:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")} | IDENTITY
-    done = subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=check)
-    return done.stdout
 
 
 @pytest.fixture

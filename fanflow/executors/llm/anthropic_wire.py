@@ -14,7 +14,7 @@ from typing import Any
 
 from fanflow.errors import ExecutorError
 from fanflow.executors.llm.http import http_error, malformed
-from fanflow.executors.llm.pricing import cost_usd
+from fanflow.executors.llm.pricing import count, priced_usage
 from fanflow.executors.llm.request import LLMReply, LLMRequest
 from fanflow.result import Usage
 from fanflow.spec import ToolSpec
@@ -98,32 +98,15 @@ def build_body(request: LLMRequest) -> dict[str, Any]:
     return body
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def parse_usage(model_id: str, usage: Any) -> Usage:
     """Usage of a call. Anthropic's ``input_tokens`` excludes cache reads and writes: add them."""
     if not isinstance(usage, dict):
         return Usage(calls=1)
-    uncached = _int(usage.get("input_tokens"))
-    cached = _int(usage.get("cache_read_input_tokens"))
-    written = _int(usage.get("cache_creation_input_tokens"))
-    output_tokens = _int(usage.get("output_tokens"))
-    input_tokens = uncached + cached + written
-    return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cached_tokens=cached,
-        cost_usd=cost_usd(
-            model_id,
-            input_tokens=input_tokens,
-            cached_tokens=cached,
-            cache_write_tokens=written,
-            output_tokens=output_tokens,
-        ),
-        calls=1,
-    )
+    cached = count(usage.get("cache_read_input_tokens"))
+    written = count(usage.get("cache_creation_input_tokens"))
+    input_tokens = count(usage.get("input_tokens")) + cached + written
+    return priced_usage(model_id, input_tokens=input_tokens, cached_tokens=cached, cache_write_tokens=written,
+                        output_tokens=count(usage.get("output_tokens")))  # fmt: skip
 
 
 def parse_response(

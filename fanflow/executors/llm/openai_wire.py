@@ -13,7 +13,7 @@ from typing import Any
 
 from fanflow.errors import ExecutorError
 from fanflow.executors.llm.http import http_error, malformed
-from fanflow.executors.llm.pricing import cost_usd
+from fanflow.executors.llm.pricing import count, priced_usage
 from fanflow.executors.llm.request import LLMReply, LLMRequest
 from fanflow.result import Usage
 from fanflow.spec import ToolSpec
@@ -90,31 +90,15 @@ def _arguments(raw: Any) -> Any:
         return raw
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def parse_usage(model_id: str, usage: Any) -> Usage:
     """Usage of a call from its ``usage`` object (``prompt_tokens`` already includes cached ones)."""
     if not isinstance(usage, dict):
         return Usage(calls=1)
-    input_tokens = _int(usage.get("prompt_tokens"))
-    output_tokens = _int(usage.get("completion_tokens"))
+    input_tokens = count(usage.get("prompt_tokens"))
     details = usage.get("prompt_tokens_details")
-    cached = min(_int(details.get("cached_tokens")), input_tokens) if isinstance(details, dict) else 0
-    return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cached_tokens=cached,
-        cost_usd=cost_usd(
-            model_id,
-            input_tokens=input_tokens,
-            cached_tokens=cached,
-            cache_write_tokens=0,
-            output_tokens=output_tokens,
-        ),
-        calls=1,
-    )
+    cached = min(count(details.get("cached_tokens")), input_tokens) if isinstance(details, dict) else 0
+    return priced_usage(model_id, input_tokens=input_tokens, cached_tokens=cached, cache_write_tokens=0,
+                        output_tokens=count(usage.get("completion_tokens")))  # fmt: skip
 
 
 def parse_response(

@@ -25,8 +25,9 @@ from fanflow.executors.llm.providers import (
     provider,
     split_model_id,
 )
+from fanflow.result import Usage
 
-__all__ = ["BUILTIN_PRICES", "cost_usd", "price_of"]
+__all__ = ["BUILTIN_PRICES", "cost_usd", "count", "price_of", "priced_usage"]
 
 logger = logging.getLogger("fanflow")
 
@@ -165,3 +166,20 @@ def cost_usd(
         uncached * price.input + cached * cached_rate + written * write_rate + output_tokens * price.output
     )
     return round(total / 1_000_000, 10)
+
+
+def count(value: object) -> int:
+    """A token count from a provider's JSON: an int (not a bool), else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def priced_usage(
+    model_id: str, *, input_tokens: int, cached_tokens: int, cache_write_tokens: int, output_tokens: int
+) -> Usage:
+    """One call's ``Usage``, priced (``input_tokens`` includes the cached reads and writes)."""
+    return Usage(
+        input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens,
+        cost_usd=cost_usd(model_id, input_tokens=input_tokens, cached_tokens=cached_tokens,
+                          cache_write_tokens=cache_write_tokens, output_tokens=output_tokens),
+        calls=1,
+    )  # fmt: skip
