@@ -18,8 +18,8 @@ from fanflow.app import CONTROL_QUEUE, QUEUES
 
 __all__ = [
     "COLLECT_TASK", "LLM_CALL_TASK", "LLM_COLLECT_TASK", "NOOP_PATH", "NOOP_TASK", "PY_QUEUE",
-    "STAMP_PATH", "STAMP_QUEUE", "llm_http", "noop", "register_plain_llm_tasks", "register_plain_tasks",
-    "register_rate_task", "stamp",
+    "SLEEP_PATH", "SLEEP_TASK", "STAMP_PATH", "STAMP_QUEUE", "llm_http", "noop", "register_plain_llm_tasks",
+    "register_plain_sleep_task", "register_plain_tasks", "register_rate_task", "sleep", "stamp",
 ]  # fmt: skip
 
 #: The queue both systems' branches go to, and fanflow's merges and the plain chord body go to.
@@ -38,8 +38,21 @@ STAMP_RATE_ENV = "BENCH_STAMP_RATE"
 STAMP_PATH = f"{__name__}:stamp"
 
 
+#: Import path of ``sleep`` for fanflow's ``PyCall`` (``bench.dag_makespan``'s nodes).
+SLEEP_PATH = f"{__name__}:sleep"
+#: The plain Celery task of ``bench.dag_makespan``'s level-by-level scheduler.
+SLEEP_TASK = "bench.sleep"
+
+
 def noop() -> None:
     """Do nothing: each branch then costs exactly its framework's overhead."""
+
+
+def sleep(seconds: float) -> list[float]:
+    """Sleep ``seconds``; return ``[started, finished]`` (``time.time()`` seconds)."""
+    started = time.time()
+    time.sleep(seconds)
+    return [started, time.time()]
 
 
 def stamp(path: str) -> None:
@@ -76,6 +89,17 @@ def register_plain_tasks(app: Celery) -> tuple[Task[Any, Any], Task[Any, Any]]:
         return len(results)
 
     return plain_noop, collect
+
+
+def register_plain_sleep_task(app: Celery) -> Task[Any, Any]:
+    """Register ``bench.sleep`` (``sleep``) on ``app``, on its default queue."""
+
+    @app.task(name=SLEEP_TASK, shared=False)
+    def plain_sleep(seconds: float) -> list[float]:
+        """One node of the level-by-level scheduler."""
+        return sleep(seconds)
+
+    return plain_sleep
 
 
 # --- the plain baseline of bench.io_fanout: one model call per task -------------------------------

@@ -130,6 +130,9 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
     runner = BranchRunner(
         store, delivery_cap=settings.delivery_cap, lease_s=settings.lease_s, keeper=keeper, gate=gate
     )
+    from fanflow.pipeline.runtime import PipelineRuntime
+
+    runner.pipelines = PipelineRuntime(app, store)
     register_tasks(app, runner)
     _install_log_filter(logging.getLogger("celery.backends.redis"), ChordFailureLogFilter())
     app.steps["consumer"].add("fanflow.poison:PoisonGuard")  # malformed messages: rejected, never run

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
@@ -39,6 +39,9 @@ from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
 from fanflow.spec import AllOrNothing, RetryPolicy, Subtask, SuccessCriteria
 from fanflow.spending import BudgetExhausted, Spending, Ticket
 from fanflow.store import JobStore, StoredJob
+
+if TYPE_CHECKING:
+    from fanflow.pipeline.runtime import PipelineRuntime
 
 __all__ = ["RUNNING", "WAIT", "BranchRunner", "check_success", "is_retryable", "ride_out"]
 
@@ -119,6 +122,8 @@ class BranchRunner:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        #: Runs pipelines' nodes (set by ``fanflow.app``): what a node sees, what its outcome sets off.
+        self.pipelines: PipelineRuntime | None = None
 
     def job(self, job_id: str) -> StoredJob:
         """The job's stored spec, read from Redis once per job and cached (specs never change).
@@ -166,6 +171,9 @@ class BranchRunner:
         except JobNotFoundError:
             return "missing"
         subtask = job.spec.subtask(key)
+        if job.pipeline is not None and self.pipelines is not None:
+            nodes, bare = self.pipelines, subtask
+            subtask = self.patiently(lambda: nodes.materialize(job_id, job, bare), "read a node's inputs")
         if first_try:
             place = self.patiently(lambda: self._place_in_line(job_id, job, subtask), "paced a branch")
             if place is not None:
@@ -199,16 +207,18 @@ class BranchRunner:
                         "deferred a branch",
                     )
                     return result
-                self._record(job_id, job, result, token)
+                return self._record(job_id, job, result, token)
             finally:
                 self.keeper.release(job_id, key)
-            return result
         else:  # wait, running, stale, missing
             return verdict.verdict
-        self._record(job_id, job, outcome, token)
-        return outcome
+        return self._record(job_id, job, outcome, token)
 
-    def _record(self, job_id: str, job: StoredJob, outcome: SubtaskOutcome, token: str) -> None:
+    def _record(self, job_id: str, job: StoredJob, outcome: SubtaskOutcome, token: str) -> SubtaskOutcome:
+        if job.pipeline is not None and self.pipelines is not None:
+            outcome = self.pipelines.judge(job, outcome)
+            self.pipelines.record(self, job_id, job, outcome, token)
+            return outcome
         cancel = isinstance(job.spec.failure, AllOrNothing)
         # With a budget every call was counted as it settled; without one, counted now, once.
         spend = outcome.usage_by_model if job.spec.budget is None else None
@@ -217,6 +227,7 @@ class BranchRunner:
                                               spend=spend),
             "recorded an outcome",
         )  # fmt: skip
+        return outcome
 
     def _execute_safely(
         self, job_id: str, job: StoredJob, subtask: Subtask, round_: int, worker: str | None

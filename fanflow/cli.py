@@ -23,6 +23,8 @@ from fanflow.config import Settings
 from fanflow.errors import ConfigError, FanflowError, SpecError
 from fanflow.gitmerge import kept_branches
 from fanflow.outage import describe_exception, is_outage
+from fanflow.pipeline.spec import Pipeline
+from fanflow.pipeline.view import node_tree, shown_outputs
 from fanflow.ratelimit import Limiter
 from fanflow.result import JobResult, JobStatus, OutcomeStatus
 from fanflow.watching import follow
@@ -34,7 +36,7 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 _STATUS_STYLE = {
     OutcomeStatus.SUCCEEDED: "green", OutcomeStatus.FAILED: "red", OutcomeStatus.CANCELLED: "yellow",
-    OutcomeStatus.SKIPPED: "dim",
+    OutcomeStatus.SKIPPED: "dim", OutcomeStatus.BLOCKED: "magenta",
 }  # fmt: skip
 
 
@@ -86,6 +88,7 @@ def _fake_model_server(latency_s: float) -> Iterator[None]:
         with _environment({
             "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_API_KEY": "fake-key",
             "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "fake-key",
+            "OLLAMA_BASE_URL": f"{server.url}/v1", "OLLAMA_API_KEY": "fake-key",
         }):  # fmt: skip
             yield
 
@@ -124,19 +127,37 @@ def _local_client(settings: Settings, concurrency: int, local_worker: bool) -> I
         yield client
 
 
-def _follow(handle: JobHandle, timeout: float | None, show_progress: bool) -> JobResult:
-    """Wait for the job; with ``show_progress``, draw its live view (progress, spend, branches) on stderr."""
+def _follow(
+    handle: JobHandle, timeout: float | None, show_progress: bool, pipeline: Pipeline | None = None
+) -> JobResult:
+    """Wait for the job; with ``show_progress``, draw its live view (progress, spend, branches or a
+    pipeline's tree of nodes) on stderr."""
     if not show_progress:
         return handle.wait(timeout)
-    return follow(handle, console, timeout=timeout)
+    return follow(handle, console, timeout=timeout, pipeline=pipeline)
 
 
-def _print_result(result: JobResult, output: str) -> None:
+def _print_usage(result: JobResult) -> None:
+    if not result.usage_by_model:
+        return
+    usage_table = Table(title="usage by model", title_justify="left")
+    widest = max(len(model) for model in result.usage_by_model)
+    usage_table.add_column("model", no_wrap=True, min_width=max(widest, 5))
+    for column in ("calls", "input tokens", "cached", "output tokens", "cost USD"):
+        usage_table.add_column(column, justify="right")
+    for model, used in [*result.usage_by_model.items(), ("total", result.usage)]:
+        usage_table.add_row(model, f"{used.calls:,}", f"{used.input_tokens:,}", f"{used.cached_tokens:,}",
+                            f"{used.output_tokens:,}", f"{used.cost_usd:.6f}")  # fmt: skip
+    console.print(usage_table)
+
+
+def _print_result(result: JobResult, output: str, pipeline: Pipeline | None = None) -> None:
     if output == "json":
         stdout.print(result.model_dump_json(indent=2), markup=False)
         return
     table = Table(title=f"{result.name} — job {result.job_id}", title_justify="left")
-    for column in ("branch", "status", "attempts", "seconds", "tokens", "error"):
+    first = "node" if pipeline is not None else "branch"
+    for column in (first, "status", "attempts", "seconds", "tokens", "error"):
         table.add_column(column)
     for outcome in result.outcomes:
         style = _STATUS_STYLE[outcome.status]
@@ -147,17 +168,10 @@ def _print_result(result: JobResult, output: str) -> None:
             outcome.key, f"[{style}]{outcome.status.value}[/]", str(outcome.attempts), seconds, tokens, error
         )
     console.print(table)
-    if result.usage_by_model:
-        usage_table = Table(title="usage by model", title_justify="left")
-        widest = max(len(model) for model in result.usage_by_model)
-        usage_table.add_column("model", no_wrap=True, min_width=max(widest, 5))
-        for column in ("calls", "input tokens", "cached", "output tokens", "cost USD"):
-            usage_table.add_column(column, justify="right")
-        for model, used in [*result.usage_by_model.items(), ("total", result.usage)]:
-            usage_table.add_row(model, f"{used.calls:,}", f"{used.input_tokens:,}", f"{used.cached_tokens:,}",
-                                f"{used.output_tokens:,}", f"{used.cost_usd:.6f}")  # fmt: skip
-        console.print(usage_table)
-    if result.merged is not None:
+    _print_usage(result)
+    if pipeline is not None:  # its shown nodes, as the seed tutorial's runner prints them
+        stdout.print(shown_outputs(pipeline, result).lstrip("\n"), markup=False)
+    elif result.merged is not None:
         merged = result.merged if isinstance(result.merged, str) else json.dumps(result.merged, indent=2)
         stdout.print(merged, markup=False)
     summary = f"job {result.status.value}"
@@ -165,6 +179,8 @@ def _print_result(result: JobResult, output: str) -> None:
         summary += (
             f"; flagged: {', '.join(result.flagged)} (re-run them with `fanflow retry {result.job_id}`)"
         )
+    if result.blocked_by:
+        summary += f"; guard {result.blocked_by!r} said no"
     if result.budget_exhausted:
         summary += "; the budget ran out: branches not yet started were stopped"
     if result.error:
@@ -234,6 +250,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(path_type=Path))
+@click.option("--input", "input_text", metavar="TEXT",
+              help="A pipeline's input ({input}; a seed graph's user message).")  # fmt: skip
 @output_option
 @click.option("--timeout", type=float, default=None, help="Give up waiting after this many seconds.")
 @click.option("--concurrency", "-c", type=int, default=8, show_default=True,
@@ -249,13 +267,28 @@ def main() -> None:
 )  # fmt: skip
 @fake_agents_option
 def run(
-    spec: Path, output: str, timeout: float | None, concurrency: int, local_worker: bool, progress: bool,
-    fake_llm: bool, fake_agents: bool,
+    spec: Path, input_text: str | None, output: str, timeout: float | None, concurrency: int,
+    local_worker: bool, progress: bool, fake_llm: bool, fake_agents: bool,
 ) -> None:  # fmt: skip
-    """Run the fan-out in SPEC (YAML or JSON) and print its result."""
-    from fanflow.spec_files import load_spec
+    """Run the fan-out or pipeline in SPEC (YAML or JSON) and print its result.
 
-    fanout = load_spec(spec)  # fail on a bad spec before starting anything
+    A pipeline file is fanflow's (nodes and edges) or the seed tutorial's graph format (models,
+    prompts, nodes, edges); its `show: true` nodes are printed as the tutorial prints them.
+
+    \b
+    Examples:
+      fanflow run examples/wordcount.yaml
+      fanflow run examples/tutorial/03_fan_out_fan_in.yml --fake-llm \\
+          --input "Impact of electric vehicles on urban areas."
+    """
+    from fanflow.pipeline.loading import load_job_file
+
+    job = load_job_file(spec)  # fail on a bad spec before starting anything
+    if input_text is not None:
+        if not isinstance(job, Pipeline):
+            raise click.UsageError("--input is for pipelines; a fan-out's subtasks carry their own inputs")
+        job = job.model_copy(update={"input": input_text})
+    pipeline = job if isinstance(job, Pipeline) else None
     _add_import_paths(spec)
     settings = _settings()
     with contextlib.ExitStack() as stack:
@@ -264,12 +297,13 @@ def run(
         if fake_agents:
             stack.enter_context(_fake_agents())
         client = stack.enter_context(_local_client(settings, concurrency, local_worker))
-        handle = client.submit(fanout)
-        console.print(f"[dim]job {handle.job_id}: {len(fanout.subtasks)} branches[/]")
+        handle = client.submit(job)
+        what = f"{len(job.nodes)} nodes" if isinstance(job, Pipeline) else f"{len(job.subtasks)} branches"
+        console.print(f"[dim]job {handle.job_id}: {what}[/]")
         if settings.configured and not local_worker:
             console.print("[dim]waiting for workers on the configured broker (or pass --local-worker)[/]")
-        result = _follow(handle, timeout, progress and output == "text" and console.is_terminal)
-    _print_result(result, output)
+        result = _follow(handle, timeout, progress and output == "text" and console.is_terminal, pipeline)
+    _print_result(result, output, pipeline)
     if output == "text":
         _print_branches(result)
     sys.exit(_exit_code(result))
@@ -353,8 +387,9 @@ def submit(spec: Path, no_import_check: bool) -> None:
 @click.argument("job_id")
 @output_option
 def status(job_id: str, output: str) -> None:
-    """Show a job's status and the progress of its current round."""
-    meta = _client(_settings()).get(job_id).progress()
+    """Show a job's status and the progress of its current round (a pipeline's: its tree of nodes)."""
+    handle = _client(_settings()).get(job_id)
+    meta = handle.progress()
     if output == "json":
         stdout.print(
             json.dumps({k: getattr(meta, k) for k in meta.__slots__}, default=str, indent=2), markup=False
@@ -366,6 +401,10 @@ def status(job_id: str, output: str) -> None:
     if meta.first_error:
         line += f"\nfirst error: {meta.first_error}"
     stdout.print(line, markup=False)
+    pipeline = handle.pipeline()
+    if pipeline is not None:
+        outcomes = handle.client.store.outcomes(job_id)
+        stdout.print(node_tree(pipeline, handle.branches(), outcomes))
 
 
 @main.command()
@@ -381,7 +420,7 @@ def result(job_id: str, output: str, wait_s: float | None) -> None:
         raise click.ClickException(
             f"job {job_id} has not finished (status: {handle.status().value}); use --wait"
         )
-    _print_result(job_result, output)
+    _print_result(job_result, output, handle.pipeline())
     sys.exit(_exit_code(job_result))
 
 
@@ -390,7 +429,7 @@ def result(job_id: str, output: str, wait_s: float | None) -> None:
 def watch(job_id: str) -> None:
     """Follow a job live until it finishes: progress, tokens, cost, burn rate and each branch's state."""
     handle = _client(_settings()).get(job_id)
-    job_result = _follow(handle, None, True)
+    job_result = _follow(handle, None, True, handle.pipeline())
     console.print(f"job {job_result.status.value}", markup=False)
     sys.exit(_exit_code(job_result))
 
@@ -407,8 +446,9 @@ def retry(job_id: str, wait: bool, output: str) -> None:
     flagged = before.flagged if before else []
     console.print(f"retrying {len(flagged)} branch(es): {', '.join(flagged) or 'none'}", markup=False)
     if wait:
-        job_result = _follow(handle, None, console.is_terminal and output == "text")
-        _print_result(job_result, output)
+        pipeline = handle.pipeline()
+        job_result = _follow(handle, None, console.is_terminal and output == "text", pipeline)
+        _print_result(job_result, output, pipeline)
         sys.exit(_exit_code(job_result))
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,12 +19,18 @@ from fanflow.errors import BackendError, ConfigError, FanflowError, JobTimeoutEr
 from fanflow.executors import EXECUTABLE_KINDS
 from fanflow.executors.agent import check_agent_templates
 from fanflow.executors.llm import check_call_templates, provider
+from fanflow.executors.llm.providers import declare_job_providers
 from fanflow.imports import import_object
 from fanflow.keys import active_jobs_key, idempotency_key, jobs_index_key
 from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
 from fanflow.pacing import SubmitPacing, plan_pacing
+from fanflow.pipeline.graph import Graph
+from fanflow.pipeline.loading import is_pipeline_data, load_job_file, pipeline_from_data
+from fanflow.pipeline.runtime import node_fanout, pending_counts, publish_nodes
+from fanflow.pipeline.seed_format import LoadedGraph
+from fanflow.pipeline.spec import Pipeline
 from fanflow.ratelimit import Limit
-from fanflow.result import JobResult, JobStatus, Usage
+from fanflow.result import JobResult, JobStatus, OutcomeStatus, Usage
 from fanflow.spec import (
     AgentRun,
     CustomMerge,
@@ -34,7 +40,6 @@ from fanflow.spec import (
     SynthesizeMerge,
     validate_fanout,
 )
-from fanflow.spec_files import load_spec
 from fanflow.store import JobMeta
 
 __all__ = ["Client", "JobHandle"]
@@ -108,21 +113,23 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, spec: FanOut | dict[str, Any] | str | Path) -> JobHandle:
-        """Validate, persist and enqueue a fan-out; return at once.
+    def submit(self, spec: FanOut | Pipeline | LoadedGraph | dict[str, Any] | str | Path) -> JobHandle:
+        """Validate, persist and enqueue a fan-out or a pipeline; return at once.
 
-        ``spec`` is a ``FanOut``, a dict, or the path of a YAML/JSON spec file. With an
-        ``idempotency_key`` already used, the existing job's handle is returned and nothing is enqueued.
+        ``spec`` is a ``FanOut``, a ``Pipeline`` (or a ``LoadedGraph``), a dict of either, or the path
+        of a YAML/JSON file of either (a pipeline in fanflow's format or the seed tutorial's). A
+        pipeline's nodes with no dependency are sent at once, every other node when its own
+        dependencies are done (``fanflow.pipeline.runtime``). With an ``idempotency_key`` already
+        used, the existing job's handle is returned and nothing is enqueued.
 
         Raises:
             SpecError: the spec is invalid (naming the field); nothing was enqueued.
             BackendError: Redis or the broker stayed unreachable for the outage grace, or the branches
                 could not be enqueued; what the submit wrote is withdrawn (the message says if not).
         """
-        fanout = load_spec(spec) if isinstance(spec, (str, Path)) else validate_fanout(spec)
-        self.check(fanout)
+        fanout, pipeline, pacing = self._prepare(_job_spec(spec))
+        pending, roots = _pipeline_start(pipeline)
         job_id = uuid.uuid4().hex
-        pacing = self._pacing(fanout)
         etas = pacing.etas(dt.datetime.now(dt.UTC)) if pacing.delays_ms else None
         idempotency = fanout.idempotency_key
 
@@ -137,7 +144,9 @@ class Client:
         def publish() -> None:
             nonlocal attempts
             attempts += 1
-            if attempts == 1:
+            if roots is not None:  # the same task ids again: a node's lease makes it run once
+                publish_nodes(self.app, job_id, fanout, 0, roots)
+            elif attempts == 1:
                 publish_round(self.app, job_id, fanout, 0, etas=etas)
             else:  # the chord size is set: setting it again could let a fired chord fire twice
                 republish_branches(self.app, job_id, fanout, 0, None, [s.key for s in fanout.subtasks])
@@ -163,7 +172,9 @@ class Client:
                 existing = self.outage.call(claim, what, give_up=withdraw)
                 if existing is not None:
                     return JobHandle(self, existing)
-            create = functools.partial(self.store.create_job, job_id, fanout)
+            create = functools.partial(
+                self.store.create_job, job_id, fanout, pipeline=pipeline, pending=pending
+            )
             self.outage.call(create, f"submitting job {job_id}", give_up=withdraw)
             created = True
             if pacing.delays_ms:
@@ -176,6 +187,14 @@ class Client:
             note = withdraw()
             raise BackendError(f"could not submit job {job_id}: {describe_exception(exc)}; {note}") from exc
         return JobHandle(self, job_id)
+
+    def _prepare(self, job: FanOut | Pipeline) -> tuple[FanOut, Pipeline | None, SubmitPacing]:
+        """Check a job for this deployment: its fan-out (a pipeline's: of its nodes), the pipeline,
+        and the fan-out's pacing (a pipeline's nodes are paced as they run)."""
+        if isinstance(job, Pipeline):
+            return self.check_pipeline(job), job, SubmitPacing()
+        self.check(job)
+        return job, None, self._pacing(job)
 
     def _pacing(self, fanout: FanOut) -> SubmitPacing:
         """Places in line for a job whose branches consume request-limited keys (``fanflow.pacing``)."""
@@ -239,6 +258,35 @@ class Client:
         if isinstance(spec.merge, CustomMerge):
             self._check_import(spec.merge.function, "merge.function")
 
+    def check_pipeline(self, pipeline: Pipeline) -> FanOut:
+        """``check`` for a pipeline's nodes (their templates see their inputs); its nodes' fan-out.
+
+        Raises:
+            SpecError: naming the field.
+        """
+        try:
+            fanout = node_fanout(pipeline)
+        except ValueError as exc:
+            raise SpecError(f"nodes: {exc}", field="nodes") from None
+        declare_job_providers(pipeline.providers)
+        graph = Graph(pipeline)
+        imported: set[str] = set()
+        for index, node in enumerate(pipeline.nodes):
+            where, run = f"nodes.{index}.run", node.run
+            if run is None or run.kind not in EXECUTABLE_KINDS:
+                kind = run.kind if run is not None else "fanout"
+                raise SpecError(f"{where}.kind: {kind!r} nodes cannot run in this version of fanflow",
+                                field=f"{where}.kind")  # fmt: skip
+            names = graph.template_names(node.id)
+            if isinstance(run, PyCall) and run.function not in imported:
+                self._check_import(run.function, f"{where}.function")
+                imported.add(run.function)
+            elif isinstance(run, LLMCall):
+                _check_model_call(run, names, where)
+            elif isinstance(run, AgentRun):
+                check_agent_templates(run, names, field=where)
+        return fanout
+
     def _check_import(self, path: str, field: str) -> None:
         if not self.check_imports:
             return
@@ -260,7 +308,32 @@ class Client:
         return JobHandle(self, job_id)
 
 
-def _check_model_call(call: LLMCall, names: set[str], where: str) -> None:
+def _pipeline_start(pipeline: Pipeline | None) -> tuple[dict[str, int] | None, list[str] | None]:
+    """A pipeline's count of dependencies per node, and the nodes sent at once (None, None: a fan-out)."""
+    if pipeline is None:
+        return None, None
+    graph = Graph(pipeline)
+    return pending_counts(graph, graph.nodes), list(graph.roots())
+
+
+def _job_spec(spec: FanOut | Pipeline | LoadedGraph | dict[str, Any] | str | Path) -> FanOut | Pipeline:
+    """What ``Client.submit`` was given, validated: a fan-out or a pipeline.
+
+    Raises:
+        SpecError: naming the field (and the file).
+    """
+    if isinstance(spec, (FanOut, Pipeline)):
+        return spec
+    if isinstance(spec, LoadedGraph):
+        return spec.pipeline
+    if isinstance(spec, (str, Path)):
+        return load_job_file(spec)
+    if is_pipeline_data(spec):
+        return pipeline_from_data(spec)
+    return validate_fanout(spec)
+
+
+def _check_model_call(call: LLMCall, names: Collection[str], where: str) -> None:
     """Its provider is known here and every ``{name}`` in its templates will be filled in."""
     try:
         provider(call.model.partition(":")[0])
@@ -309,6 +382,10 @@ class JobHandle:
         """Each branch's state now: ``queued``, ``running`` or its outcome's status (raises like
         ``progress``)."""
         return self._call(lambda: self.client.store.branch_states(self.job_id), "reading its branches")
+
+    def pipeline(self) -> Pipeline | None:
+        """The pipeline the job runs, or None for a fan-out (raises like ``progress``)."""
+        return self._call(lambda: self.client.store.load_job(self.job_id).pipeline, "reading its spec")
 
     def status(self) -> JobStatus:
         """The job's status now (raises like ``progress``)."""
@@ -361,6 +438,9 @@ class JobHandle:
     def retry_failed(self) -> JobHandle:
         """Re-run only the failed and cancelled branches (a new small chord), then merge again.
 
+        For a pipeline: only its failed, cancelled and skipped nodes, each when its dependencies in
+        the retry are done; the others' stored outputs feed them.
+
         Raises:
             FanflowError: the job has not finished, or another retry started first.
             BackendError: Redis or the broker stayed unreachable for the outage grace.
@@ -369,24 +449,32 @@ class JobHandle:
         meta, result = self._call(self._meta_and_result, "reading its result")
         if result is None:
             raise FanflowError(f"job {self.job_id} has not finished; wait for it before retrying")
-        keys = [o.key for o in result.outcomes if not o.succeeded]
+        # A pipeline's blocked nodes stay blocked: their guard said no, and that is not a failure.
+        keys = [o.key for o in result.outcomes if not o.succeeded and o.status is not OutcomeStatus.BLOCKED]
         if not keys:
             return self
         job = self._call(lambda: store.load_job(self.job_id), "reading its spec")
         new_round = meta.round + 1
         tries = 0
+        pending = None
+        if job.pipeline is not None:
+            pending = pending_counts(Graph(job.pipeline), keys)
 
         def open_round() -> bool:
             nonlocal tries
             tries += 1
-            if store.start_round(self.job_id, new_round, keys):
+            if store.start_round(self.job_id, new_round, keys, pending=pending):
                 return True
             # A try that failed in an outage may have opened the round before its reply was lost.
             now = store.meta(self.job_id) if tries > 1 else None
             return now is not None and now.round == new_round and not now.status.is_final
 
         def publish() -> None:
-            publish_round(self.client.app, self.job_id, job.spec, new_round, keys)
+            if pending is not None:
+                ready = [key for key in keys if not pending[key]]
+                publish_nodes(self.client.app, self.job_id, job.spec, new_round, ready)
+            else:
+                publish_round(self.client.app, self.job_id, job.spec, new_round, keys)
 
         if not self._call(open_round, f"opening retry round {new_round}"):
             raise FanflowError(f"job {self.job_id} is already being retried")

@@ -40,11 +40,20 @@ def finalize_job(store: JobStore, job_id: str, round_: int, *, spending: Spendin
     spec = job.spec
     stored = store.outcomes(job_id)
     outcomes = [stored.get(s.key) or _lost(s.key, round_) for s in spec.subtasks]
-    verdict = evaluate_policy(
-        spec.failure, spec.subtasks, outcomes, cancel_reason=store.cancel_reason(job_id)
-    )
+    blocked_by = None
+    if job.pipeline is not None:
+        from fanflow.pipeline.finalize import pipeline_verdict
+
+        verdict, blocked_by = pipeline_verdict(job, outcomes, store.cancel_reason(job_id))
+    else:
+        reason = store.cancel_reason(job_id)
+        verdict = evaluate_policy(spec.failure, spec.subtasks, outcomes, cancel_reason=reason)
     status, error, merged, merge_usage = verdict.status, verdict.error, None, Usage()
-    if verdict.merges:
+    if job.pipeline is not None:
+        from fanflow.pipeline.finalize import pipeline_merged
+
+        merged = pipeline_merged(job, outcomes)
+    elif verdict.merges:
         try:
             if isinstance(spec.merge, SynthesizeMerge):
                 merged, merge_usage = synthesize(
@@ -59,10 +68,10 @@ def finalize_job(store: JobStore, job_id: str, round_: int, *, spending: Spendin
     usage = sum(by_model.values(), Usage()) if by_model else sum((o.usage for o in outcomes), Usage())
     fields = dict(
         job_id=job_id, name=spec.name, status=status, error=error, outcomes=outcomes,
-        flagged=[o.key for o in outcomes if not o.succeeded],
+        flagged=[o.key for o in outcomes if not o.succeeded and o.status is not OutcomeStatus.BLOCKED],
         cancelled=[o.key for o in outcomes if o.status is OutcomeStatus.CANCELLED],
         usage=usage, usage_by_model=by_model, merge_usage=merge_usage,
-        budget_exhausted=store.cancel_reason(job_id) == "budget",
+        budget_exhausted=store.cancel_reason(job_id) == "budget", blocked_by=blocked_by,
         round=max(round_, meta.round), created_at=job.created_at, finished_at=time.time(),
     )  # fmt: skip
     try:

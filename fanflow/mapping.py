@@ -53,7 +53,8 @@ _SHOWN_ERROR_CHARS = 160
 #: A failed input is tried again for these (as ``RetryPolicy.retry_on``): any agent failure, a timeout.
 _RETRY_ON = ["AgentError", "TimeoutError", "ConnectionError"]
 _STYLE = {OutcomeStatus.SUCCEEDED: "green", OutcomeStatus.FAILED: "red", OutcomeStatus.CANCELLED: "yellow",
-          OutcomeStatus.SKIPPED: "dim"}  # fmt: skip
+          OutcomeStatus.SKIPPED: "dim",
+          OutcomeStatus.BLOCKED: "magenta"}  # fmt: skip
 
 
 def argv_template(command: str) -> tuple[list[str], bool]:

@@ -34,7 +34,7 @@ from celery.utils.time import maybe_iso8601
 from fanflow.errors import PoisonMessageError
 from fanflow.keys import JobKeys
 from fanflow.store import EVENTS_MAXLEN, JobStore
-from fanflow.tasks import MERGE_TASK, SUBTASK_TASK
+from fanflow.tasks import MERGE_TASK, NODE_TASK, SUBTASK_TASK
 
 __all__ = [
     "TASK_PARAMETERS",
@@ -54,6 +54,7 @@ logger = logging.getLogger("fanflow")
 #: They take no keyword arguments. Any other registered task gets the generic checks only.
 TASK_PARAMETERS: dict[str, tuple[tuple[str, type], ...]] = {
     SUBTASK_TASK: (("job_id", str), ("key", str), ("round_", int)),
+    NODE_TASK: (("job_id", str), ("key", str), ("round_", int)),
     MERGE_TASK: (("statuses", object), ("job_id", str), ("round_", int)),
 }
 #: The only content type fanflow's apps accept (``accept_content=["json"]``).

@@ -270,7 +270,11 @@ class Sweeper:
         if not resend and not report.merge:
             return {}
         job = self.runner.job(job_id)  # only for what is sent again: most sweeps send nothing
-        if resend:
+        if resend and job.pipeline is not None:  # a pipeline's node is a task of its own, no chord
+            from fanflow.pipeline.runtime import publish_nodes
+
+            publish_nodes(self.app, job_id, job.spec, report.round, resend)
+        elif resend:
             round_keys = self.store.round_keys(job_id) if report.round else None
             republish_branches(self.app, job_id, job.spec, report.round, round_keys, resend)
         if report.merge:

@@ -22,6 +22,8 @@ class OutcomeStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    #: A pipeline node a guard said no to: not run, and not a failure.
+    BLOCKED = "blocked"
 
 
 class JobStatus(StrEnum):
@@ -33,6 +35,8 @@ class JobStatus(StrEnum):
     PARTIAL = "partial"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: A pipeline whose guard said no: nothing it guards ran (a decision, not a failure).
+    BLOCKED = "blocked"
 
     @property
     def is_final(self) -> bool:
@@ -126,6 +130,7 @@ class JobResult(_Result):
     usage_by_model: dict[str, Usage] = Field(default_factory=dict)
     merge_usage: Usage = Field(default_factory=Usage, description="what the merge's own calls spent")
     budget_exhausted: bool = Field(False, description="the budget ran out: branches were stopped")
+    blocked_by: str | None = Field(None, description="a pipeline's guard that said no")
     round: int = 0
     created_at: float | None = None
     finished_at: float | None = None

@@ -76,13 +76,16 @@ class PyCall(_Spec):
     """Call a Python function on the worker: ``function(**kwargs)``.
 
     The function must be importable on the workers and return something JSON-serializable.
-    With ``pass_context`` the fan-out's shared ``context`` is passed as the keyword ``context``.
+    With ``pass_context`` the fan-out's shared ``context`` is passed as the keyword ``context``;
+    with ``pass_inputs`` a pipeline node gets its predecessors' outputs as the keyword ``inputs``
+    (``{node id: output}`` in declared order).
     """
 
     kind: Literal["python"] = "python"
     function: ImportPath
     kwargs: dict[str, JsonValue] = Field(default_factory=dict)
     pass_context: bool = False
+    pass_inputs: bool = False
 
 
 class Message(_Spec):

@@ -19,10 +19,20 @@ from pydantic import BaseModel, ConfigDict
 
 from fanflow.errors import BackendError, JobNotFoundError
 from fanflow.keys import JobKeys, active_jobs_key, idempotency_key, jobs_index_key
+from fanflow.pipeline.spec import Pipeline
 from fanflow.result import JobResult, JobStatus, SubtaskOutcome, Usage
 from fanflow.spec import Budget, FanOut
 
-__all__ = ["MERGE_MEMBER", "BranchVerdict", "JobMeta", "JobStore", "StoredJob", "SweepReport", "nano_usd"]
+__all__ = [
+    "MERGE_MEMBER",
+    "BranchVerdict",
+    "JobMeta",
+    "JobStore",
+    "Recorded",
+    "StoredJob",
+    "SweepReport",
+    "nano_usd",
+]
 
 EVENTS_MAXLEN = 20_000
 #: Connections of a process's job-store pool unless its worker sizes it (``resize_pool``).
@@ -38,10 +48,6 @@ def nano_usd(dollars: float) -> int:
     return round(dollars * 1e9)
 
 
-def _spec_keys(spec_json: str) -> list[str]:
-    return [subtask["key"] for subtask in json.loads(spec_json)["spec"]["subtasks"]]
-
-
 def _usage(fields: dict[str, int]) -> Usage:
     return Usage(
         input_tokens=fields.get("in", 0), output_tokens=fields.get("out", 0),
@@ -55,12 +61,17 @@ def _script(name: str) -> str:
 
 
 class StoredJob(BaseModel):
-    """What the store keeps of a submitted job: its spec and when it was created."""
+    """What the store keeps of a submitted job: its spec and when it was created.
+
+    A pipeline's job keeps the ``Pipeline`` too; its ``spec`` is then the fan-out of its nodes
+    (one subtask per node, as declared), which the branch machinery runs like any other.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     spec: FanOut
     created_at: float
+    pipeline: Pipeline | None = None
 
     @property
     def deadline_at(self) -> float | None:
@@ -75,6 +86,25 @@ class BranchVerdict:
     verdict: str
     deliveries: int
     cancel_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What ``record_outcome`` did.
+
+    Attributes:
+        recorded: the outcome was written (False: a duplicate delivery's, which changed nothing).
+        complete: this call gave the round its last outcome (a pipeline's merge is sent now).
+        ready: a pipeline's nodes this outcome released whose dependencies are all done now
+            (marked queued: the caller sends them).
+    """
+
+    recorded: bool
+    complete: bool = False
+    ready: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +261,24 @@ class JobStore:
         existing = self.client.get(name)
         return str(existing) if existing else None
 
-    def create_job(self, job_id: str, spec: FanOut) -> StoredJob:
-        """Persist a new job (status ``pending``, round 0) before its branches are enqueued."""
+    def create_job(
+        self,
+        job_id: str,
+        spec: FanOut,
+        *,
+        pipeline: Pipeline | None = None,
+        pending: dict[str, int] | None = None,
+    ) -> StoredJob:
+        """Persist a new job (status ``pending``, round 0) before its branches are enqueued.
+
+        A pipeline's job (``spec`` the fan-out of its nodes) starts with ``pending``: each node's
+        count of dependencies; the nodes with none are the ones sent now.
+        """
         keys = self.keys(job_id)
         now = time.time()
-        job = StoredJob(spec=spec, created_at=now)
+        job = StoredJob(spec=spec, created_at=now, pipeline=pipeline)
         name, size = spec.name, len(spec.subtasks)
+        sent = [s.key for s in spec.subtasks if not (pending or {}).get(s.key)]
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(keys.spec, job.model_dump_json(), ex=self.ttl_s)
             pipe.hset(
@@ -248,9 +290,12 @@ class JobStore:
                 },
             )  # fmt: skip
             pipe.expire(keys.meta, self.ttl_s)
-            for start in range(0, size, 5000):
-                pipe.sadd(keys.queued, *(s.key for s in spec.subtasks[start : start + 5000]))
+            for start in range(0, len(sent), 5000):
+                pipe.sadd(keys.queued, *sent[start : start + 5000])
             pipe.expire(keys.queued, self.ttl_s)
+            if pending:
+                pipe.hset(keys.pending, mapping=cast(dict[Any, Any], pending))
+                pipe.expire(keys.pending, self.ttl_s)
             pipe.zadd(jobs_index_key(self.prefix), {job_id: now})
             pipe.zadd(active_jobs_key(self.prefix), {job_id: now})
             pipe.xadd(keys.events, {"type": "job", "status": "pending", "round": 0}, maxlen=EVENTS_MAXLEN)
@@ -258,13 +303,21 @@ class JobStore:
             self._execute(pipe)
         return job
 
-    def start_round(self, job_id: str, new_round: int, branch_keys: list[str]) -> bool:
-        """Open retry round ``new_round`` over ``branch_keys`` if the job is final; False otherwise."""
+    def start_round(
+        self, job_id: str, new_round: int, branch_keys: list[str], *, pending: dict[str, int] | None = None
+    ) -> bool:
+        """Open retry round ``new_round`` over ``branch_keys`` if the job is final; False otherwise.
+
+        A pipeline's round gives each node's count of dependencies in the round (``pending``); only
+        the nodes with none are sent now.
+        """
         keys = self.keys(job_id)
+        sent = [key for key in branch_keys if not (pending or {}).get(key)]
         opened = self._start_round(
-            keys=[keys.meta, keys.cancel, keys.result, keys.events, keys.queued, keys.sent],
-            args=[new_round, EVENTS_MAXLEN, self.ttl_s, json.dumps(branch_keys), *branch_keys],
-        )
+            keys=[keys.meta, keys.cancel, keys.result, keys.events, keys.queued, keys.sent, keys.pending],
+            args=[new_round, EVENTS_MAXLEN, self.ttl_s, json.dumps(branch_keys), json.dumps(pending or {}),
+                  *sent],
+        )  # fmt: skip
         if opened:
             self.client.zadd(active_jobs_key(self.prefix), {job_id: time.time()})
         return bool(opened)
@@ -319,11 +372,17 @@ class JobStore:
         cancel_on_failure: bool,
         token: str = "",
         spend: dict[str, Usage] | None = None,
-    ) -> bool:
-        """Store a branch's outcome once per (branch, round) and drop its lease; False for a duplicate.
+        release: list[str] | None = None,
+        stop: list[SubtaskOutcome] | None = None,
+    ) -> Recorded:
+        """Store a branch's outcome once per (branch, round) and drop its lease; falsy for a duplicate.
 
         ``spend``: what its calls spent per model, not yet counted in the job's usage — counted with
         the outcome, once (a duplicate delivery's outcome is not written, so not counted).
+
+        A pipeline's node passes ``release`` (the successors a succeeded node lets go, possibly
+        none) and ``stop`` (the outcomes of nodes that will not run: skipped, blocked, cancelled),
+        written in the same step; the reply names the nodes now ready to send.
         """
         keys = self.keys(job_id)
         error = f"{outcome.key}: {outcome.error.type}: {outcome.error.message}" if outcome.error else ""
@@ -331,16 +390,22 @@ class JobStore:
         for model, usage in (spend or {}).items():
             spent += [model, usage.input_tokens, usage.output_tokens, usage.cached_tokens,
                       nano_usd(usage.cost_usd), usage.calls]  # fmt: skip
-        recorded = self._record(
-            keys=[keys.meta, keys.rounds, keys.outcomes, keys.leases, keys.events, keys.cancel,
-                  keys.owners, keys.queued, keys.usage],
+        record_keys = [keys.meta, keys.rounds, keys.outcomes, keys.leases, keys.events, keys.cancel,
+                       keys.owners, keys.queued, keys.usage]  # fmt: skip
+        if release is not None or stop is not None:
+            record_keys += [keys.pending, keys.sent]
+            spent += [len(release or []), *(release or []), len(stop or [])]
+            for stopped in stop or []:
+                spent += [stopped.key, stopped.model_dump_json()]
+        reply = self._record(
+            keys=record_keys,
             args=[
                 outcome.key, outcome.round, outcome.model_dump_json(), outcome.status.value,
                 "1" if cancel_on_failure else "0", self.ttl_s, EVENTS_MAXLEN, error[:2000], token, *spent,
             ],
             client=self._branch_client,
         )  # fmt: skip
-        return bool(recorded)
+        return Recorded(bool(int(reply[0])), bool(int(reply[1])), tuple(str(node) for node in reply[2:]))
 
     def defer_branch(self, job_id: str, key: str, round_: int, *, token: str, countdown_s: float) -> bool:
         """Give back a branch its limits did not admit (``defer_branch.lua``); its message returns later."""
@@ -501,19 +566,24 @@ class JobStore:
         return {key: SubtaskOutcome.model_validate_json(value) for key, value in raw.items()}
 
     def branch_states(self, job_id: str) -> dict[str, str]:
-        """Each branch of the current round: ``queued``, ``running``, or its latest outcome's status."""
+        """Each branch of the current round: ``queued``, ``running``, or its latest outcome's status
+        (a pipeline's nodes not sent yet: ``pending``)."""
         keys = self.keys(job_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.get(keys.spec)
         pipe.hgetall(keys.outcomes)
         pipe.zrange(keys.leases, 0, -1)
         pipe.hget(keys.meta, "round")
-        spec_json, outcomes, running, round_ = pipe.execute()
+        pipe.smembers(keys.queued)
+        spec_json, outcomes, running, round_, queued = pipe.execute()
         if spec_json is None:
             raise JobNotFoundError(f"no job {job_id!r} (unknown, or its results expired)")
         current = int(round_ or 0)
+        stored = json.loads(spec_json)
+        # A pipeline's node not sent yet waits for its dependencies: pending, not queued.
+        waiting = "pending" if stored.get("pipeline") is not None else "queued"
         states: dict[str, str] = {}
-        for key in _spec_keys(spec_json):
+        for key in (subtask["key"] for subtask in stored["spec"]["subtasks"]):
             raw = outcomes.get(key)
             outcome = SubtaskOutcome.model_validate_json(raw) if raw else None
             if key in running:
@@ -521,7 +591,7 @@ class JobStore:
             elif outcome is not None and (outcome.round >= current or outcome.succeeded):
                 states[key] = outcome.status.value
             else:
-                states[key] = "queued"
+                states[key] = "queued" if key in queued else waiting
         return states
 
     def save_result(self, job_id: str, result: JobResult) -> bool:

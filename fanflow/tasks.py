@@ -27,10 +27,12 @@ from fanflow.fanin import finalize_job
 from fanflow.result import ErrorInfo, JobResult, JobStatus, SubtaskOutcome
 from fanflow.store import MERGE_MEMBER
 
-__all__ = ["MERGE_TASK", "SUBTASK_TASK", "ChordFailureLogFilter", "register_tasks"]
+__all__ = ["MERGE_TASK", "NODE_TASK", "SUBTASK_TASK", "ChordFailureLogFilter", "register_tasks"]
 
 SUBTASK_TASK = "fanflow.subtask"
 MERGE_TASK = "fanflow.merge"
+#: One node of a pipeline (``fanflow.pipeline.runtime``): a branch sent when its dependencies are done.
+NODE_TASK = "fanflow.node"
 
 logger = logging.getLogger("fanflow")
 
@@ -87,6 +89,14 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
     )  # fmt: skip
     def subtask(self: Task[Any, Any], job_id: str, key: str, round_: int = 0) -> str:
         """Run one branch of a fan-out; its outcome goes to the job store, its status to Celery."""
+        return run_branch(self, runner, job_id, key, round_)
+
+    @app.task(
+        name=NODE_TASK, bind=True, ignore_result=True, max_retries=None, shared=False,
+        throws=(BranchFailedError,),
+    )  # fmt: skip
+    def node(self: Task[Any, Any], job_id: str, key: str, round_: int = 0) -> str:
+        """Run one node of a pipeline: its outcome goes to the job store and sends what it unblocks."""
         return run_branch(self, runner, job_id, key, round_)
 
     @app.task(name=MERGE_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)

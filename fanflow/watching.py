@@ -3,7 +3,8 @@
 A progress bar of the current round, then what the job has spent — tokens (input / output /
 cached), dollars, model calls — and its **burn rate** (tokens per second over the last
 ``BURN_WINDOW_S`` seconds), then each branch's state (for jobs small enough to list; bigger ones
-get counts per state). It redraws a few times per second on stderr and returns the result.
+get counts per state; a pipeline's nodes as a tree, see ``fanflow.pipeline.view``). It redraws a
+few times per second on stderr and returns the result.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from rich.text import Text
 
 from fanflow.client import JobHandle
 from fanflow.errors import JobTimeoutError
-from fanflow.result import JobResult, Usage
+from fanflow.pipeline.spec import Pipeline
+from fanflow.pipeline.view import MAX_TREE_NODES, pipeline_view
+from fanflow.result import JobResult, SubtaskOutcome, Usage
 
 __all__ = ["BURN_WINDOW_S", "BurnRate", "follow", "usage_line"]
 
@@ -86,9 +89,17 @@ def _branches_view(states: dict[str, str]) -> RenderableType:
 
 
 def follow(
-    handle: JobHandle, console: Console, *, timeout: float | None = None, interval_s: float = 0.25
+    handle: JobHandle,
+    console: Console,
+    *,
+    timeout: float | None = None,
+    interval_s: float = 0.25,
+    pipeline: Pipeline | None = None,
 ) -> JobResult:
     """Draw the job's live view until it has a result; return the result.
+
+    With ``pipeline`` (the job runs it), the branches are drawn as its tree of nodes, with the
+    durations and errors of the nodes done so far.
 
     Raises:
         JobTimeoutError: ``timeout`` passed first.
@@ -103,7 +114,10 @@ def follow(
     task = bar.add_task(meta.name, total=meta.size, failed="")
     burn = BurnRate()
     states: dict[str, str] = {}
+    outcomes: dict[str, SubtaskOutcome] = {}
     states_at = -float("inf")
+    # the tree shows durations and errors; past MAX_TREE_NODES the view is counts, which need none
+    with_outcomes = pipeline is not None and len(pipeline.nodes) <= MAX_TREE_NODES
     with Live(console=console, refresh_per_second=8, transient=False) as live:
         while True:
             meta = handle.progress()
@@ -114,10 +128,17 @@ def follow(
             burn.add(now, usage.total_tokens, usage.cost_usd)
             if now - states_at >= BRANCHES_EVERY_S:
                 states, states_at = handle.branches(), now
+                if with_outcomes:
+                    outcomes = handle.client.outage.call(
+                        lambda: handle.client.store.outcomes(handle.job_id),
+                        f"job {handle.job_id}: reading outcomes",
+                    )
             result = handle.result()
             if result is not None:
                 states = {o.key: o.status.value for o in result.outcomes}
-            live.update(Group(bar, Text(usage_line(usage, burn.rate())), _branches_view(states)))
+                outcomes = {o.key: o for o in result.outcomes}
+            view = _branches_view(states) if pipeline is None else pipeline_view(pipeline, states, outcomes)
+            live.update(Group(bar, Text(usage_line(usage, burn.rate())), view))
             if result is not None:
                 return result
             if deadline is not None and now > deadline:

@@ -137,3 +137,17 @@ def throttled_once(counter_dir: str, name: str, retry_after: float = 0.5, value:
     if calls(counter_dir, name) == 1:
         raise RateLimitedError("429 Too Many Requests", retry_after_s=retry_after)
     return value
+
+
+def stage(name: str, delay: float = 0.0, inputs: dict[str, Any] | None = None, fail: bool = False) -> Any:
+    """A pipeline node: sleep ``delay``, then return its name and what it was fed (or raise)."""
+    if delay:
+        time.sleep(delay)
+    if fail:
+        raise RuntimeError(f"{name} failed")
+    return {"node": name, "inputs": inputs or {}}
+
+
+def verdict(value: Any) -> Any:
+    """A guard node: return ``{"validation": value}`` (anything but a bool makes the guard fail)."""
+    return {"validation": value}

@@ -6,10 +6,10 @@ the file says and what it becomes:
 - ``models[i]``: ``llm: ollama`` (with an optional ``host``, the Ollama server) becomes a model id
   ``ollama:<model>`` on the built-in ``ollama`` provider when the host is Ollama's default
   (``http://localhost:11434``, or none), else on a provider ``ollama-<hash of the host>`` declared
-  in ``LoadedGraph.providers`` (OpenAI-compatible, at ``<host>/v1``, free, key ``OLLAMA_API_KEY``
-  if set). ``llm: openai`` / ``anthropic`` use the built-in providers, whose keys the workers read
-  from their environment: ``api_key`` may only name that variable (``${OPENAI_API_KEY}``), a key
-  written in the file is refused. ``context_window`` is accepted and unused.
+  in the pipeline's ``providers`` (OpenAI-compatible, at ``<host>/v1``, free, no key: a spec never
+  sends a key to a host it names). ``llm: openai`` / ``anthropic`` use the built-in providers,
+  whose keys the workers read from their environment: ``api_key`` may only name that variable
+  (``${OPENAI_API_KEY}``), a key written in the file is refused. ``context_window`` is accepted and unused.
 - ``prompts[i].template``: each entry of ``system_template`` / ``prompt_template`` becomes
   ``<name>\\nvalue</name>\\n\\n`` (the runner's own composition), giving the call's ``system`` and
   ``prompt``. Placeholders are filled as the runner fills them (``str.format``; ``{{`` is a brace),
@@ -145,8 +145,8 @@ class LoadedGraph:
     Attributes:
         pipeline: the pipeline (its ``input`` is the file's ``user_message``, if any).
         providers: the model providers the pipeline needs besides the built-in ones (name ->
-            config), to declare with ``fanflow.executors.llm.configure(providers=...)`` in every
-            process that runs or checks it; empty when the built-ins suffice.
+            config): the pipeline's own ``providers``, which the processes that check or run it
+            declare from the stored pipeline; empty when the built-ins suffice.
     """
 
     pipeline: Pipeline
@@ -169,7 +169,7 @@ def ollama_provider(host: str | None) -> tuple[str, ProviderConfig | None]:
     if base_url == f"{DEFAULT_OLLAMA_HOST}/v1":
         return "ollama", None
     name = "ollama-" + hashlib.sha256(base_url.encode()).hexdigest()[:8]
-    return name, ProviderConfig(api="openai", base_url=base_url, api_key_env="OLLAMA_API_KEY", free=True)
+    return name, ProviderConfig(api="openai", base_url=base_url, free=True)
 
 
 def is_seed_graph(data: object) -> bool:
@@ -219,7 +219,10 @@ def seed_graph(data: object, *, name: str, source: str | None = None) -> LoadedG
     except SpecError as exc:
         raise SpecError(prefix + str(exc), field=exc.field) from None
     inferred = _message_passing_edges(graph)
-    spec = {"name": name, "input": graph.user_message, "nodes": nodes, "edges": [*graph.edges, *inferred]}
+    spec = {
+        "name": name, "input": graph.user_message, "nodes": nodes, "edges": [*graph.edges, *inferred],
+        "providers": providers,
+    }  # fmt: skip
     try:
         pipeline = validate_pipeline(spec, source=source)
     except SpecError as exc:

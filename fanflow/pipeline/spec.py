@@ -51,6 +51,7 @@ from pydantic import (
 )
 
 from fanflow.errors import SpecError
+from fanflow.executors.llm.providers import ProviderConfig
 from fanflow.spec import (
     RESERVED_VARS,
     AllOrNothing,
@@ -288,6 +289,7 @@ def guard_verdict(output: Any) -> bool:
 
 # --- the pipeline ---------------------------------------------------------------------------------
 
+ProviderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=64)]
 PipelineFailure = Annotated[AllOrNothing | BestEffort, Field(discriminator="policy")]
 
 
@@ -306,6 +308,9 @@ class Pipeline(_Spec):
     ``context`` the shared context every node sees as ``{context}``. Under ``best_effort`` (the
     default) a failed node's descendants are skipped and independent branches keep going; under
     ``all_or_nothing`` the first final failure cancels the rest.
+
+    ``providers`` declares model providers its nodes use besides the built-in and configured ones
+    (a seed graph's Ollama host): keyless, and never a built-in's name.
     """
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -317,6 +322,20 @@ class Pipeline(_Spec):
     budget: Budget | None = None
     deadline_s: float | None = Field(None, gt=0)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    providers: dict[ProviderName, ProviderConfig] = Field(default_factory=dict)
+
+    @field_validator("providers")
+    @classmethod
+    def _keyless_providers(cls, providers: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name, config in providers.items():
+            if name in ("openai", "anthropic", "ollama"):
+                raise ValueError(f"{name!r} is a built-in provider: a pipeline cannot redefine it")
+            if config.api_key_env is not None:
+                raise ValueError(
+                    f"provider {name!r}: a pipeline cannot name a key variable (api_key_env); declare "
+                    "providers that need a key in FANFLOW_PROVIDERS"
+                )
+        return providers
 
     @field_validator("nodes")
     @classmethod

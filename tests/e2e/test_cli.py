@@ -86,3 +86,27 @@ def test_graph_prints_a_tutorial_graph_as_mermaid() -> None:
     assert "social_analyst --> synthesizer" in done.stdout
     bad = fanflow("graph", "examples/wordcount.yaml")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("graph", sorted(p.name for p in (ROOT / "examples" / "tutorial").glob("*.yml")))
+def test_every_tutorial_graph_runs_offline_and_prints_its_shown_nodes(graph: str) -> None:
+    from fanflow.pipeline import load_pipeline
+
+    pipeline = load_pipeline(ROOT / "examples" / "tutorial" / graph).pipeline
+    topic = "Impact of electric vehicles on urban areas."
+    done = fanflow("run", f"examples/tutorial/{graph}", "--fake-llm", "--input", topic)
+    assert done.returncode == 0, done.stderr
+    assert "job succeeded" in done.stderr
+    shown = [node.id for node in pipeline.nodes if node.show]
+    printed = [line[1:-1] for line in done.stdout.splitlines() if line.startswith("[") and line.endswith("]")]
+    assert printed == shown  # as the tutorial's runner prints them: "[node id]" then the answer
+    assert topic in done.stdout or "answer about" in done.stdout
+    as_json = json.loads(fanflow("run", f"examples/tutorial/{graph}", "--fake-llm", "--input", topic,
+                                 "-o", "json").stdout)  # fmt: skip
+    assert as_json["status"] == "succeeded"
+    assert list(as_json["merged"]) == shown
+
+
+def test_input_is_only_for_pipelines() -> None:
+    done = fanflow("run", "examples/wordcount.yaml", "--input", "x")
+    assert done.returncode == 2 and "--input is for pipelines" in done.stderr

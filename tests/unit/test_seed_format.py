@@ -134,7 +134,7 @@ def test_another_ollama_host_is_a_provider_of_its_own_named_by_its_hash() -> Non
     assert (config.api, config.base_url, config.api_key_env, config.free) == (
         "openai",
         "http://gpu-box:11434/v1",
-        "OLLAMA_API_KEY",
+        None,  # a spec never sends a key to a host it names
         True,
     )
 

@@ -35,6 +35,7 @@ __all__ = [
     "ProviderConfig",
     "config_generation",
     "configure",
+    "declare_job_providers",
     "known_providers",
     "price_overrides",
     "provider",
@@ -103,6 +104,8 @@ _BUILTINS: dict[str, tuple[WireAPI, str, str, str, bool]] = {
 
 _lock = threading.Lock()
 _declared: dict[str, Provider] = {}
+#: Providers a pipeline declared (keyless, never overriding a built-in or a configured one).
+_from_jobs: dict[str, Provider] = {}
 _prices: dict[str, Price] = {}
 #: Bumped by ``configure`` so caches derived from the configuration (prices) know to start over.
 _generation = 0
@@ -123,18 +126,7 @@ def configure(
         ConfigError: a provider name or price key is malformed, or a config does not validate.
     """
     global _generation
-    declared: dict[str, Provider] = {}
-    for name, raw in (providers or {}).items():
-        if not name or ":" in name or name != name.strip():
-            raise ConfigError(f"provider name {name!r} is not valid (no ':' or spaces)")
-        config = _validated(ProviderConfig, raw, f"providers.{name}")
-        declared[name] = Provider(
-            name=name,
-            api=config.api,
-            base_url=config.base_url.rstrip("/"),
-            api_key_env=config.api_key_env or None,
-            free=config.free,
-        )
+    declared = _providers(providers or {})
     table: dict[str, Price] = {}
     for model_id, raw_price in (prices or {}).items():
         if ":" not in model_id.strip(":"):
@@ -146,6 +138,38 @@ def configure(
         _prices.clear()
         _prices.update(table)
         _generation += 1
+
+
+def _providers(providers: Mapping[str, ProviderConfig | Mapping[str, object]]) -> dict[str, Provider]:
+    declared: dict[str, Provider] = {}
+    for name, raw in providers.items():
+        if not name or ":" in name or name != name.strip():
+            raise ConfigError(f"provider name {name!r} is not valid (no ':' or spaces)")
+        config = _validated(ProviderConfig, raw, f"providers.{name}")
+        declared[name] = Provider(
+            name=name,
+            api=config.api,
+            base_url=config.base_url.rstrip("/"),
+            api_key_env=config.api_key_env or None,
+            free=config.free,
+        )
+    return declared
+
+
+def declare_job_providers(providers: Mapping[str, ProviderConfig]) -> None:
+    """Add the providers a pipeline declares (a seed graph's Ollama hosts) for this process.
+
+    They are looked up after the configured and the built-in ones, so a spec can never redirect
+    ``openai`` or a provider of the settings; and they name no key variable (``Pipeline`` refuses
+    one), so no key is ever sent to a host a spec chose.
+    """
+    if not providers:
+        return
+    declared = _providers(providers)
+    if any(p.api_key_env for p in declared.values()):
+        raise ConfigError("a provider declared by a job cannot name an api_key_env")
+    with _lock:
+        _from_jobs.update(declared)
 
 
 def _validated(cls: type[_M], raw: _M | Mapping[str, object], where: str) -> _M:
@@ -178,6 +202,8 @@ def provider(name: str) -> Provider:
     if declared is not None:
         return declared
     builtin = _BUILTINS.get(name)
+    if builtin is None and name in _from_jobs:
+        return _from_jobs[name]
     if builtin is None:
         raise ConfigError(
             f"unknown model provider {name!r}: declare it in FANFLOW_PROVIDERS "
@@ -190,7 +216,7 @@ def provider(name: str) -> Provider:
 
 def known_providers() -> list[str]:
     """Names of every provider a model id may use, sorted."""
-    return sorted({*_BUILTINS, *_declared})
+    return sorted({*_BUILTINS, *_declared, *_from_jobs})
 
 
 def split_model_id(model_id: str) -> tuple[str, str]:
