@@ -257,8 +257,8 @@ class BranchRunner:
     ) -> SubtaskOutcome | Deferral:
         started = time.time()
         executor = executor_for(subtask.run.kind)
-        branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars,
-                             timeout_s=subtask.timeout_s,
+        branch = BranchInput(key=subtask.key, context=self._context(job_id, job, subtask.key),
+                             vars=subtask.vars, timeout_s=subtask.timeout_s,
                              cancelled=lambda: self.store.cancel_reason(job_id) is not None)  # fmt: skip
         try:
             original = prepared = executor.prepare(subtask.run, branch)
@@ -325,12 +325,20 @@ class BranchRunner:
         keys = list(dict.fromkeys([*subtask.limits, *executor.limit_keys(subtask.run)]))
         if not self.gate.any_limited(keys):
             return None  # no line without a limit (the common case: nothing to render or ask)
-        branch = BranchInput(key=subtask.key, context=job.spec.context, vars=subtask.vars)
+        branch = BranchInput(
+            key=subtask.key, context=self._context(job_id, job, subtask.key), vars=subtask.vars
+        )
         try:
             estimate = executor.estimate(executor.prepare(subtask.run, branch))
         except Exception:  # noqa: BLE001 - the branch fails on it when it runs; pace it by requests
             estimate = Usage()
         return self.gate.place_in_line(job_id, subtask.key, keys, estimate)
+
+    def _context(self, job_id: str, job: StoredJob, key: str) -> Any:
+        """The shared context a branch sees: its job's (a pipeline's fan-out node's branch: its fan-out's)."""
+        if job.pipeline is not None and self.pipelines is not None:
+            return self.pipelines.context(job_id, job, key)
+        return job.spec.context
 
     def _settle_failure(
         self, job_id: str, ticket: Ticket, key: str, error: Exception, state: _Attempts

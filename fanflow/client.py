@@ -26,7 +26,8 @@ from fanflow.outage import OutageGuard, describe_exception, redis_endpoint
 from fanflow.pacing import SubmitPacing, plan_pacing
 from fanflow.pipeline.graph import Graph
 from fanflow.pipeline.loading import is_pipeline_data, load_job_file, pipeline_from_data
-from fanflow.pipeline.runtime import node_fanout, pending_counts, publish_nodes
+from fanflow.pipeline.rungraph import RunGraph
+from fanflow.pipeline.runtime import node_fanout, publish_nodes
 from fanflow.pipeline.seed_format import LoadedGraph
 from fanflow.pipeline.spec import Pipeline
 from fanflow.ratelimit import Limit
@@ -38,6 +39,7 @@ from fanflow.spec import (
     LLMCall,
     PyCall,
     SynthesizeMerge,
+    TaskSpec,
     validate_fanout,
 )
 from fanflow.store import JobMeta
@@ -239,53 +241,63 @@ class Client:
         """
         imported: set[str] = set()  # one import check per distinct function, not per branch
         for index, subtask in enumerate(spec.subtasks):
-            where = f"subtasks.{index}"
-            if subtask.run.kind not in EXECUTABLE_KINDS:
-                raise SpecError(
-                    f"{where}.run.kind: {subtask.run.kind!r} specs validate but this version of fanflow "
-                    f"cannot execute them yet (executable: {', '.join(sorted(EXECUTABLE_KINDS))})",
-                    field=f"{where}.run.kind",
-                )
-            if isinstance(subtask.run, PyCall) and subtask.run.function not in imported:
-                self._check_import(subtask.run.function, f"{where}.run.function")
-                imported.add(subtask.run.function)
-            elif isinstance(subtask.run, LLMCall):
-                _check_model_call(subtask.run, {"context", "key", *subtask.vars}, f"{where}.run")
-            elif isinstance(subtask.run, AgentRun):
-                check_agent_templates(subtask.run, {"context", "key", *subtask.vars}, field=f"{where}.run")
+            names = {"context", "key", *subtask.vars}
+            self._check_task(subtask.run, names, f"subtasks.{index}.run", imported)
         if isinstance(spec.merge, SynthesizeMerge):
             _check_model_call(spec.merge.run, {"context", "results", "flagged"}, "merge.run")
         if isinstance(spec.merge, CustomMerge):
             self._check_import(spec.merge.function, "merge.function")
 
     def check_pipeline(self, pipeline: Pipeline) -> FanOut:
-        """``check`` for a pipeline's nodes (their templates see their inputs); its nodes' fan-out.
+        """``check`` for a pipeline's nodes (their templates see their inputs); its run nodes' fan-out.
 
         Raises:
             SpecError: naming the field.
         """
-        try:
-            fanout = node_fanout(pipeline)
-        except ValueError as exc:
-            raise SpecError(f"nodes: {exc}", field="nodes") from None
         declare_job_providers(pipeline.providers)
         graph = Graph(pipeline)
+        ids = {node.id for node in pipeline.nodes}
         imported: set[str] = set()
         for index, node in enumerate(pipeline.nodes):
-            where, run = f"nodes.{index}.run", node.run
-            if run is None or run.kind not in EXECUTABLE_KINDS:
-                kind = run.kind if run is not None else "fanout"
-                raise SpecError(f"{where}.kind: {kind!r} nodes cannot run in this version of fanflow",
-                                field=f"{where}.kind")  # fmt: skip
             names = graph.template_names(node.id)
-            if isinstance(run, PyCall) and run.function not in imported:
-                self._check_import(run.function, f"{where}.function")
-                imported.add(run.function)
-            elif isinstance(run, LLMCall):
-                _check_model_call(run, names, where)
-            elif isinstance(run, AgentRun):
-                check_agent_templates(run, names, field=where)
-        return fanout
+            if node.run is not None:
+                self._check_task(node.run, names, f"nodes.{index}.run", imported)
+                continue
+            fanout, where = node.fanout, f"nodes.{index}.fanout"
+            assert fanout is not None
+            for name in ("max_concurrency", "budget", "deadline_s", "idempotency_key"):
+                if getattr(fanout, name) is not None:
+                    raise SpecError(f"{where}.{name}: set it on the pipeline, not on a fan-out node",
+                                    field=f"{where}.{name}")  # fmt: skip
+            if isinstance(fanout.merge, SynthesizeMerge):
+                raise SpecError(
+                    f"{where}.merge: a fan-out node cannot synthesize; follow it with an llm node whose "
+                    "prompt uses {results}", field=f"{where}.merge",
+                )  # fmt: skip
+            if isinstance(fanout.merge, CustomMerge):
+                self._check_import(fanout.merge.function, f"{where}.merge.function")
+            for number, subtask in enumerate(fanout.subtasks):
+                branch, at = f"{node.id}.{subtask.key}", f"{where}.subtasks.{number}"
+                if branch in ids:
+                    message = f"{at}.key: its branch {branch!r} is also a node id; rename one of them"
+                    raise SpecError(message, field=f"{at}.key")
+                self._check_task(subtask.run, {*names, *subtask.vars}, f"{at}.run", imported)
+        return node_fanout(pipeline)
+
+    def _check_task(self, run: TaskSpec, names: Collection[str], where: str, imported: set[str]) -> None:
+        """One task: executable here, its function importable (once per function), its templates filled."""
+        if run.kind not in EXECUTABLE_KINDS:
+            raise SpecError(
+                f"{where}.kind: {run.kind!r} specs validate but this version of fanflow cannot execute them "
+                f"yet (executable: {', '.join(sorted(EXECUTABLE_KINDS))})", field=f"{where}.kind",
+            )  # fmt: skip
+        if isinstance(run, PyCall) and run.function not in imported:
+            self._check_import(run.function, f"{where}.function")
+            imported.add(run.function)
+        elif isinstance(run, LLMCall):
+            _check_model_call(run, names, where)
+        elif isinstance(run, AgentRun):
+            check_agent_templates(run, names, field=where)
 
     def _check_import(self, path: str, field: str) -> None:
         if not self.check_imports:
@@ -309,11 +321,11 @@ class Client:
 
 
 def _pipeline_start(pipeline: Pipeline | None) -> tuple[dict[str, int] | None, list[str] | None]:
-    """A pipeline's count of dependencies per node, and the nodes sent at once (None, None: a fan-out)."""
+    """A pipeline's count of dependencies per run node, and the nodes sent at once (None, None: a fan-out)."""
     if pipeline is None:
         return None, None
-    graph = Graph(pipeline)
-    return pending_counts(graph, graph.nodes), list(graph.roots())
+    graph = RunGraph(pipeline)
+    return graph.pending_counts(graph.nodes), graph.roots()
 
 
 def _job_spec(spec: FanOut | Pipeline | LoadedGraph | dict[str, Any] | str | Path) -> FanOut | Pipeline:
@@ -457,8 +469,10 @@ class JobHandle:
         new_round = meta.round + 1
         tries = 0
         pending = None
-        if job.pipeline is not None:
-            pending = pending_counts(Graph(job.pipeline), keys)
+        if job.pipeline is not None:  # and what waits for them (a fan-out node merges again)
+            graph = RunGraph(job.pipeline)
+            keys = graph.closure(keys)
+            pending = graph.pending_counts(keys)
 
         def open_round() -> bool:
             nonlocal tries

@@ -23,7 +23,14 @@ __all__ = ["pipeline_merged", "pipeline_verdict"]
 def pipeline_verdict(
     job: StoredJob, outcomes: list[SubtaskOutcome], cancel_reason: str | None
 ) -> tuple[Verdict, str | None]:
-    """The pipeline's status (and error), and the guard that said no, if one did."""
+    """The pipeline's status (and error), and the guard that said no, if one did.
+
+    A fan-out node's branches do not count: the node's own outcome says how its fan-out went.
+    """
+    assert job.pipeline is not None
+    ids = {node.id for node in job.pipeline.nodes}
+    branches = [o for o in outcomes if o.key not in ids]
+    outcomes = [o for o in outcomes if o.key in ids]
     blocked = [o for o in outcomes if o.status is OutcomeStatus.BLOCKED]
     guard = None
     if blocked and blocked[0].error is not None:
@@ -34,6 +41,8 @@ def pipeline_verdict(
         return Verdict(JobStatus.BLOCKED, ErrorInfo(type="Blocked", message=message)), guard
     running = [o for o in outcomes if o.status is not OutcomeStatus.BLOCKED]
     verdict = evaluate_policy(job.spec.failure, job.spec.subtasks, running, cancel_reason=cancel_reason)
+    if verdict.status is JobStatus.SUCCEEDED and any(not o.succeeded for o in branches):
+        verdict = Verdict(JobStatus.PARTIAL)  # a fan-out node merged without some of its branches
     return verdict, guard
 
 

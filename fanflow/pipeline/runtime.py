@@ -32,13 +32,13 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from celery import Celery, group
 
 from fanflow.app import QUEUES
-from fanflow.pipeline.graph import Graph
+from fanflow.pipeline.rungraph import MERGE_FANOUT, RunGraph
 from fanflow.pipeline.spec import Pipeline, guard_verdict
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome
 from fanflow.spec import AllOrNothing, ConcatenateMerge, FanOut, PyCall, Subtask
@@ -52,48 +52,23 @@ __all__ = [
     "PipelineRuntime",
     "format_inputs",
     "node_fanout",
-    "pending_counts",
     "publish_nodes",
 ]
 
 
-def node_fanout(pipeline: Pipeline) -> FanOut:
-    """The fan-out of a pipeline's nodes: one subtask per node (key = id), as declared.
+def node_fanout(pipeline: Pipeline, graph: RunGraph | None = None) -> FanOut:
+    """The fan-out of a pipeline's run nodes: one subtask per node (key = id), a fan-out node's
+    branches (``N.<key>``) just before it (``fanflow.pipeline.rungraph``).
 
     It is what the job store keeps as the job's spec, so everything that works on a fan-out's
     branches (leases, redelivery, limits, budget, status) works on the nodes. Its merge is unused.
-
-    Raises:
-        ValueError: a node is a whole fan-out (not supported by this version).
     """
-    subtasks = []
-    for node in pipeline.nodes:
-        if node.run is None:
-            raise ValueError(f"node {node.id!r}: fan-out nodes cannot run in this version of fanflow")
-        subtasks.append(
-            Subtask(
-                key=node.id,
-                run=node.run,
-                vars=node.vars,
-                limits=node.limits,
-                timeout_s=node.timeout_s,
-                retry=node.retry,
-                success=node.success,
-                required=node.required,
-                metadata=node.metadata,
-            )
-        )
+    graph = graph or RunGraph(pipeline)
     return FanOut(
-        name=pipeline.name, context=pipeline.context, subtasks=subtasks, merge=ConcatenateMerge(),
-        failure=pipeline.failure, budget=pipeline.budget, deadline_s=pipeline.deadline_s,
-        idempotency_key=pipeline.idempotency_key,
+        name=pipeline.name, context=pipeline.context, subtasks=[graph.subtask(n) for n in graph.nodes],
+        merge=ConcatenateMerge(), failure=pipeline.failure, budget=pipeline.budget,
+        deadline_s=pipeline.deadline_s, idempotency_key=pipeline.idempotency_key,
     )  # fmt: skip
-
-
-def pending_counts(graph: Graph, nodes: Iterable[str]) -> dict[str, int]:
-    """Each of ``nodes``' count of dependencies among ``nodes`` (a round's nodes wait only for each other)."""
-    members = set(nodes)
-    return {n: sum(1 for d in graph.dependencies(n) if d in members) for n in graph.nodes if n in members}
 
 
 def _text(output: Any) -> str:
@@ -160,19 +135,19 @@ class PipelineRuntime:
     def __init__(self, app: Celery, store: JobStore, *, cache_size: int = 256) -> None:
         self.app = app
         self.store = store
-        self._graphs: OrderedDict[str, Graph] = OrderedDict()
+        self._graphs: OrderedDict[str, RunGraph] = OrderedDict()
         self._lock = threading.Lock()
         self._cache_size = cache_size
 
-    def graph(self, job_id: str, job: StoredJob) -> Graph:
-        """The dependency graph of a pipeline job, built once per job and cached."""
+    def graph(self, job_id: str, job: StoredJob) -> RunGraph:
+        """The run graph of a pipeline job, built once per job and cached."""
         with self._lock:
             graph = self._graphs.get(job_id)
             if graph is not None:
                 self._graphs.move_to_end(job_id)
                 return graph
         assert job.pipeline is not None
-        graph = Graph(job.pipeline)
+        graph = RunGraph(job.pipeline)
         with self._lock:
             self._graphs[job_id] = graph
             while len(self._graphs) > self._cache_size:
@@ -185,19 +160,29 @@ class PipelineRuntime:
         Template variables: ``{input}`` (the pipeline's input), ``{results}`` (every predecessor's
         output under a ``## <id>`` heading), ``{<predecessor id>}`` (one output, for ids that are
         identifiers), besides the node's own ``vars``, ``{context}`` and ``{key}``. A python node
-        with ``pass_inputs`` gets ``inputs={id: output}``.
+        with ``pass_inputs`` gets ``inputs={id: output}``; a fan-out node's fan-in gets its
+        branches' outcomes.
         """
         assert job.pipeline is not None
         graph = self.graph(job_id, job)
+        branches = graph.branches.get(subtask.key)
+        if branches is not None:
+            fanout = job.pipeline.node(subtask.key).fanout
+            assert fanout is not None
+            keys = [branch.key for branch in fanout.subtasks]
+            outcomes = [
+                {**outcome.model_dump(mode="json"), "key": key}
+                for key, outcome in zip(keys, self._outcomes(job_id, branches), strict=True)
+                if outcome is not None
+            ]
+            kwargs = {"fanout": fanout.model_dump(mode="json"), "outcomes": outcomes}
+            return subtask.model_copy(update={"run": PyCall(function=MERGE_FANOUT, kwargs=kwargs)})
         predecessors = graph.predecessors(subtask.key)
-        inputs: dict[str, Any] = {}
-        if predecessors:
-            outcomes_key = self.store.keys(job_id).outcomes
-            stored = cast(list[str | None], self.store.client.hmget(outcomes_key, predecessors))
-            for node_id, raw in zip(predecessors, stored, strict=True):
-                outcome = SubtaskOutcome.model_validate_json(raw) if raw else None
-                if outcome is not None and outcome.succeeded:
-                    inputs[node_id] = outcome.output
+        inputs = {
+            node_id: outcome.output
+            for node_id, outcome in zip(predecessors, self._outcomes(job_id, predecessors), strict=True)
+            if outcome is not None and outcome.succeeded
+        }
         variables = {
             **subtask.vars, "input": job.pipeline.input or "", "results": format_inputs(inputs),
             **{node_id: _text(output) for node_id, output in inputs.items() if node_id.isidentifier()},
@@ -207,11 +192,22 @@ class PipelineRuntime:
             run = run.model_copy(update={"kwargs": {**run.kwargs, "inputs": inputs}})
         return subtask.model_copy(update={"vars": variables, "run": run})
 
+    def _outcomes(self, job_id: str, node_ids: Sequence[str]) -> list[SubtaskOutcome | None]:
+        if not node_ids:
+            return []
+        key = self.store.keys(job_id).outcomes
+        raw = cast(list[str | None], self.store.client.hmget(key, list(node_ids)))
+        return [SubtaskOutcome.model_validate_json(item) if item else None for item in raw]
+
+    def context(self, job_id: str, job: StoredJob, key: str) -> Any:
+        """The shared context a node sees (a fan-out node's branch: its fan-out's)."""
+        return self.graph(job_id, job).context(key)
+
     def judge(self, job: StoredJob, outcome: SubtaskOutcome) -> SubtaskOutcome:
         """A guard's outcome as recorded: a guard whose output carries no verdict failed (an
         error is never taken as a "no")."""
         assert job.pipeline is not None
-        if not outcome.succeeded or not job.pipeline.node(outcome.key).guard:
+        if not outcome.succeeded or not RunGraph.is_guard_of(job.pipeline, outcome.key):
             return outcome
         try:
             guard_verdict(outcome.output)
@@ -234,7 +230,8 @@ class PipelineRuntime:
             members = runner.patiently(lambda: self.store.round_keys(job_id), "read a round's nodes")
         in_round = set(members) if members is not None else set(graph.nodes)
         release, stop = self._consequences(job, graph, outcome, in_round)
-        cancel = isinstance(job.spec.failure, AllOrNothing)
+        # A fan-out node's branch never cancels the pipeline: its fan-out's own policy decides.
+        cancel = isinstance(job.spec.failure, AllOrNothing) and outcome.key not in graph.parent
         spend = outcome.usage_by_model if job.spec.budget is None else None
         recorded = runner.patiently(
             lambda: self.store.record_outcome(job_id, outcome, cancel_on_failure=cancel, token=token,
@@ -252,14 +249,15 @@ class PipelineRuntime:
         return recorded
 
     def _consequences(
-        self, job: StoredJob, graph: Graph, outcome: SubtaskOutcome, in_round: set[str]
+        self, job: StoredJob, graph: RunGraph, outcome: SubtaskOutcome, in_round: set[str]
     ) -> tuple[list[str], list[SubtaskOutcome]]:
         """(dependents to release, outcomes of nodes that will not run) after ``outcome``."""
-        assert job.pipeline is not None
         node_id, round_ = outcome.key, outcome.round
         below = [n for n in graph.descendants(node_id) if n in in_round]
+        if node_id in graph.parent and outcome.status is not OutcomeStatus.CANCELLED:
+            return [n for n in graph.dependents(node_id) if n in in_round], []  # its fan-in decides
         if outcome.succeeded:
-            if job.pipeline.node(node_id).guard and not guard_verdict(outcome.output):
+            if graph.is_guard(node_id) and not guard_verdict(outcome.output):
                 return [], [_stopped(n, round_, OutcomeStatus.BLOCKED, node_id) for n in below]
             return [n for n in graph.dependents(node_id) if n in in_round], []
         if outcome.status is OutcomeStatus.FAILED and isinstance(job.spec.failure, AllOrNothing):

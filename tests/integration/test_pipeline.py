@@ -291,3 +291,58 @@ def test_a_pipeline_file_in_either_format_is_refused_before_anything_runs(client
     }
     with pytest.raises(SpecError, match=r"nodes\.0\.run\.function"):
         client.submit(bad)
+
+
+def _fanout_node(node_id: str, counter_dir: Path, failing: str | None = None, **fanout: Any) -> PipelineNode:
+    """A fan-out node of three counted branches ``x``, ``y``, ``z`` (``failing`` fails its first run)."""
+    subtasks = [
+        {"key": key, "run": {"kind": "python", "function": "tests.callables:flaky",
+                             "kwargs": {"counter_dir": str(counter_dir), "name": f"{node_id}.{key}",
+                                        "failures": 1 if key == failing else 0, "value": key.upper()}}}
+        for key in ("x", "y", "z")
+    ]  # fmt: skip
+    spec = {"name": node_id, "subtasks": subtasks, "merge": {"strategy": "key_merge"}, **fanout}
+    return PipelineNode.model_validate({"id": node_id, "fanout": spec})
+
+
+def test_a_fan_out_node_runs_its_branches_as_a_group_and_merges_them(client: Client, tmp_path: Path) -> None:
+    pipeline = Pipeline(
+        name="fan-out-node",
+        nodes=[
+            stage("dispatch", 0.2),
+            _fanout_node("panel", tmp_path, failing="y", failure={"policy": "best_effort"}),
+            stage("report", 0.05, show=True),
+        ],
+        edges=[edge("dispatch", children=["panel"]), edge("report", fan_in=["panel"])],
+    )
+    result = run(client, pipeline)
+    keys = [o.key for o in result.outcomes]
+    assert keys == ["dispatch", "panel.x", "panel.y", "panel.z", "panel", "report"]
+    by_key = {o.key: o for o in result.outcomes}
+    assert by_key["panel.y"].status is OutcomeStatus.FAILED
+    assert by_key["panel"].output == {"x": "X", "z": "Z"}  # its fan-out's merge, without the failed branch
+    report = by_key["report"].output
+    assert isinstance(report, dict) and report["inputs"] == {"panel": {"x": "X", "z": "Z"}}
+    for branch in ("panel.x", "panel.y", "panel.z"):  # after the dispatcher, before the fan-in
+        assert by_key[branch].started_at >= by_key["dispatch"].finished_at  # type: ignore[operator]
+        assert by_key["panel"].started_at >= by_key[branch].finished_at  # type: ignore[operator]
+    assert result.status is JobStatus.PARTIAL and result.flagged == ["panel.y"]
+
+    again = client.get(result.job_id).retry_failed().wait(30)
+    assert again.status is JobStatus.SUCCEEDED, again.error
+    assert again.outcome("panel").output == {"x": "X", "y": "Y", "z": "Z"}  # merged again, and fed on
+    assert calls(str(tmp_path), "panel.y") == 2 and calls(str(tmp_path), "panel.x") == 1
+
+
+def test_a_fan_out_node_that_fails_its_own_policy_skips_what_follows(client: Client, tmp_path: Path) -> None:
+    pipeline = Pipeline(
+        name="fan-out-node-fails",
+        nodes=[_fanout_node("panel", tmp_path, failing="x"), stage("after")],
+        edges=[edge("panel", children=["after"])],
+    )
+    result = run(client, pipeline)
+    panel = result.outcome("panel")
+    assert panel.status is OutcomeStatus.FAILED and panel.error is not None
+    assert "the fan-out failed" in panel.error.message
+    assert result.outcome("after").status is OutcomeStatus.SKIPPED
+    assert result.outcome("panel.y").status is OutcomeStatus.SUCCEEDED  # all_or_nothing inside it: ran anyway
