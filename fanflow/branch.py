@@ -8,7 +8,6 @@ merge applies the failure policy.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import threading
@@ -33,10 +32,11 @@ from fanflow.errors import (
     TransientError,
 )
 from fanflow.executors import BranchInput, Execution, Executor, executor_for
+from fanflow.judging import check_success, final_rejection, judge
 from fanflow.outage import OutageGuard
 from fanflow.recovery import LeaseKeeper
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome, Usage
-from fanflow.spec import AllOrNothing, RetryPolicy, Subtask, SuccessCriteria
+from fanflow.spec import AllOrNothing, RetryPolicy, Subtask
 from fanflow.spending import BudgetExhausted, Spending, Ticket
 from fanflow.store import JobStore, StoredJob
 
@@ -288,7 +288,7 @@ class BranchRunner:
                 # Without a budget to settle, the call's spend is counted with the outcome (once).
                 self.spending.settle(job_id, ticket, result, key=subtask.key, count=False)
                 state.add(result.model or getattr(subtask.run, "model", None), result.usage)
-                judged = _judge(subtask, result)
+                judged = judge(subtask, result)
                 if not isinstance(judged, BaseException):
                     return SubtaskOutcome(
                         key=subtask.key, status=OutcomeStatus.SUCCEEDED, output=judged.output,
@@ -303,7 +303,7 @@ class BranchRunner:
                     continue
                 error: BaseException = judged
                 if isinstance(judged, OutputValidationError):
-                    error = _final_rejection(judged, state.attempt, executor.retries_rejections)
+                    error = final_rejection(judged, state.attempt, executor.retries_rejections)
             else:
                 release = self._settle_failure(job_id, ticket, subtask.key, result, state)
                 next_step = self._after_error(job_id, job, subtask, result, state, release=release)
@@ -423,43 +423,9 @@ class _Attempts:
         self.by_model[name] = self.by_model.get(name, Usage()) + usage
 
 
-@dataclass(frozen=True, slots=True)
-class _Accepted:
-    output: Any
-
-
-def _judge(subtask: Subtask, execution: Execution) -> _Accepted | BaseException:
-    """The attempt's output if it is accepted, else why not."""
-    if execution.rejection is not None:
-        return execution.rejection
-    try:
-        output = _json_output(execution.output)
-    except TypeError as exc:
-        return exc
-    if subtask.success is not None:
-        try:
-            check_success(output, subtask.success)
-        except SuccessCriteriaError as exc:
-            return OutputValidationError(str(exc), raw=_raw_text(output))
-    return _Accepted(output)
-
-
 def _past(job: StoredJob) -> bool:
     deadline = job.deadline_at
     return deadline is not None and time.time() >= deadline
-
-
-def _raw_text(output: Any) -> str:
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
-
-
-def _final_rejection(rejection: OutputValidationError, attempts: int, fed_back: bool) -> SuccessCriteriaError:
-    """The error a branch fails with when its last answer was rejected."""
-    if not fed_back:
-        return SuccessCriteriaError(str(rejection))
-    asked = "once" if attempts == 1 else f"{attempts} times"
-    message = f"asked {asked}; the last answer was rejected: {rejection}"
-    return OutputValidationError(message, raw=rejection.raw)
 
 
 _CANCEL_REASONS = {
@@ -524,37 +490,6 @@ def _call_with_timeout(executor: Executor, prepared: Any, timeout: float | None,
         raise box["error"]
     execution: Execution = box["execution"]
     return execution
-
-
-def _json_output(output: Any) -> Any:
-    try:
-        return json.loads(json.dumps(output))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"the output is not JSON-serializable: {exc}") from exc
-
-
-def check_success(output: Any, criteria: SuccessCriteria) -> None:
-    """Check an output against a branch's success criteria.
-
-    Raises:
-        SuccessCriteriaError: saying which criterion failed.
-    """
-    if criteria.not_empty and output in (None, "", [], {}):
-        raise SuccessCriteriaError("output is empty")
-    if criteria.required_fields:
-        if not isinstance(output, dict):
-            raise SuccessCriteriaError(f"output must be an object with fields {criteria.required_fields}")
-        missing = [name for name in criteria.required_fields if name not in output]
-        if missing:
-            raise SuccessCriteriaError(f"output lacks required fields {missing}")
-    text = output if isinstance(output, str) else json.dumps(output)
-    absent = [needle for needle in criteria.contains if needle not in text]
-    if absent:
-        raise SuccessCriteriaError(f"output does not contain {absent}")
-    if criteria.max_chars is not None and len(text) > criteria.max_chars:
-        raise SuccessCriteriaError(
-            f"output has {len(text)} characters, more than max_chars={criteria.max_chars}"
-        )
 
 
 def is_retryable(error: BaseException, policy: RetryPolicy) -> bool:

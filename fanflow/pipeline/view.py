@@ -150,6 +150,10 @@ def node_tree(
         parent = dependencies[0] if dependencies else None
         outcome = outcomes.get(node_id)
         label = _label(graph, node_id, parent, _state(node_id, states, outcome), outcome, now)
+        fanout = pipeline.node(node_id).fanout
+        if fanout is not None:  # its branches run as nodes ``<id>.<key>``: how many are done
+            done = sum(states.get(f"{node_id}.{s.key}", "pending") in _FINISHED for s in fanout.subtasks)
+            label.append(f"  ({done}/{len(fanout.subtasks)} branches done)", style="dim")
         branches[node_id] = (root if parent is None else branches[parent]).add(label)
     return root
 

@@ -346,3 +346,23 @@ def test_a_fan_out_node_that_fails_its_own_policy_skips_what_follows(client: Cli
     assert "the fan-out failed" in panel.error.message
     assert result.outcome("after").status is OutcomeStatus.SKIPPED
     assert result.outcome("panel.y").status is OutcomeStatus.SUCCEEDED  # all_or_nothing inside it: ran anyway
+
+
+def test_live_node_states_tell_pending_from_queued_and_running(client: Client) -> None:
+    import time
+
+    pipeline = Pipeline(
+        name="live-states",
+        nodes=[stage("first", 1.0), stage("second", 0.05), stage("third", 0.05)],
+        edges=[edge("first", ordered_children=["second", "third"])],
+    )
+    handle = client.submit(pipeline)
+    deadline = time.monotonic() + 10
+    states = handle.branches()
+    while states["first"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        states = handle.branches()
+    assert states == {"first": "running", "second": "pending", "third": "pending"}
+    assert handle.pipeline() == pipeline
+    assert handle.wait(30).status is JobStatus.SUCCEEDED
+    assert set(handle.branches().values()) == {"succeeded"}

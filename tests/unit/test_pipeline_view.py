@@ -127,7 +127,8 @@ def test_a_node_without_inputs_under_several_guards_names_the_other_guards() -> 
 def test_a_fan_out_node_is_marked() -> None:
     fanout = {"name": "inner", "subtasks": [{"key": "x", "run": PY}]}
     built = validate_pipeline({"name": "t", "nodes": [{"id": "f", "fanout": fanout}]})
-    assert lines(tree_text(built, {"f": "running"})) == ["pipeline t", "└── f  fan-out  running"]
+    states = {"f": "running", "f.x": "succeeded"}
+    assert lines(tree_text(built, states)) == ["pipeline t", "└── f  fan-out  running  (1/1 branches done)"]
 
 
 # --- states, timings, errors ----------------------------------------------------------------------

@@ -60,7 +60,11 @@ def refused(data: dict[str, Any]) -> SpecError:
 
 
 def test_the_tutorial_examples_are_there() -> None:
-    assert [path.name for path in EXAMPLES] == ["01_fan_out.yml", "02_fan_in.yml", "03_fan_out_fan_in.yml"]
+    assert [path.name for path in EXAMPLES] == [
+        "01_fan_out.yml", "02_fan_in.yml", "03_fan_out_fan_in.yml", "04_nested_fan_out.yml",
+        "05_fan_in_nested.yml", "06_guard_fan_out.yml", "07_ordered_children.yml",
+        "07b_children_and_ordered_children.yml", "08_ordered_fan_in.yml", "08b_fan_in_and_ordered_fan_in.yml",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.stem for path in EXAMPLES])
