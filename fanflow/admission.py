@@ -95,6 +95,8 @@ class Gate:
         self.pacer = pacer
         #: key -> (when read, its limit, until when it cools down): monotonic seconds
         self._limits: dict[str, tuple[float, Limit | None, float]] = {}
+        #: One reader per key refreshes the cache; the other threads keep using what it held.
+        self._reading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def admit(
@@ -191,10 +193,22 @@ class Gate:
         cached = self._limits.get(key)
         if cached is not None and now - cached[0] < LIMIT_CACHE_S:
             return cached
-        limit, cooldown_s = self.limiter.glance(key)
-        fresh = (now, limit, now + cooldown_s if cooldown_s else 0.0)
-        self._limits[key] = fresh
-        return fresh
+        # Hundreds of threads find the entry stale at once: one reads Redis, the others go on with
+        # the entry they have (or, the very first time, wait for the reader's).
+        reading = self._reading.get(key) or self._reading.setdefault(key, threading.Lock())
+        if not reading.acquire(blocking=cached is None):
+            return cached  # type: ignore[return-value]  # not None: blocking when it is
+        try:
+            cached = self._limits.get(key)
+            if cached is not None and time.monotonic() - cached[0] < LIMIT_CACHE_S:
+                return cached
+            limit, cooldown_s = self.limiter.glance(key)
+            now = time.monotonic()
+            fresh = (now, limit, now + cooldown_s if cooldown_s else 0.0)
+            self._limits[key] = fresh
+            return fresh
+        finally:
+            reading.release()
 
     def settle(self, admission: Admission | None, usage: Usage) -> None:
         """The attempt ran: count its real usage instead of the estimate; free its slot."""

@@ -137,6 +137,7 @@ def create_app(settings: Settings, *, main: str = "fanflow") -> Celery:
     _install_log_filter(logging.getLogger("celery.backends.redis"), ChordFailureLogFilter())
     app.steps["consumer"].add("fanflow.poison:PoisonGuard")  # malformed messages: rejected, never run
     app.fanflow_store = store  # type: ignore[attr-defined]
+    app.fanflow_runner = runner  # type: ignore[attr-defined]
     app.fanflow_settings = settings  # type: ignore[attr-defined]
     app.fanflow_limiter = limiter  # type: ignore[attr-defined]
     app.fanflow_sweeper = Sweeper(  # type: ignore[attr-defined]
@@ -170,9 +171,12 @@ class RecoveryStep(bootsteps.StartStopStep):
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         settings: Settings = worker.app.fanflow_settings
+        threads = int(worker.concurrency or 1)
+        worker.app.fanflow_runner.batches.threads = threads  # batches of model calls: as many threads
         if settings.store_max_connections is None:
-            # One connection per task thread, plus the heartbeat, the sweeper and the chord joins.
-            store_of(worker.app).resize_pool(int(worker.concurrency or 1) + 8, per_thread=True)
+            # One connection per task thread and per batch thread, plus the heartbeat, the sweeper
+            # and the chord joins (connections open only when used).
+            store_of(worker.app).resize_pool(2 * threads + 8, per_thread=True)
         # Agent runs whose worker died (SIGKILL) left worktrees: commit their work, remove them.
         threading.Thread(target=_clean_worktrees, name="fanflow-worktree-cleanup", daemon=True).start()
 

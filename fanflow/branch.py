@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from fanflow.admission import Deferral, Gate
+from fanflow.batching import BatchRunner
 from fanflow.errors import (
     BackendError,
     BranchTimeoutError,
@@ -124,6 +125,8 @@ class BranchRunner:
         self._loading: dict[str, threading.Lock] = {}
         #: Runs pipelines' nodes (set by ``fanflow.app``): what a node sees, what its outcome sets off.
         self.pipelines: PipelineRuntime | None = None
+        #: Runs batches of model-call branches on a pool of threads (``fanflow.batching``).
+        self.batches = BatchRunner(self)
 
     def job(self, job_id: str) -> StoredJob:
         """The job's stored spec, read from Redis once per job and cached (specs never change).

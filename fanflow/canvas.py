@@ -31,9 +31,11 @@ from celery.canvas import Signature
 from fanflow.app import CONTROL_QUEUE, QUEUES
 from fanflow.publish import ChordPart, publish_parts
 from fanflow.spec import FanOut
-from fanflow.tasks import MERGE_TASK, SUBTASK_TASK
+from fanflow.tasks import BATCH_TASK, MERGE_TASK, SUBTASK_TASK
 
 __all__ = [
+    "batch_parts",
+    "batch_task_id",
     "branch_task_id",
     "group_id",
     "merge_signature",
@@ -53,6 +55,11 @@ def group_id(job_id: str, round_: int) -> str:
 def branch_task_id(job_id: str, round_: int, key: str) -> str:
     """The task id of branch ``key`` in round ``round_``."""
     return f"{job_id}.r{round_}.{key}"
+
+
+def batch_task_id(job_id: str, round_: int, index: int) -> str:
+    """The task id of batch ``index`` of round ``round_`` (``fanflow.batching``)."""
+    return f"{job_id}.r{round_}.batch{index}"
 
 
 def merge_task_id(job_id: str, round_: int) -> str:
@@ -114,6 +121,21 @@ def round_parts(
     ]
 
 
+def batch_parts(job_id: str, spec: FanOut, round_: int, batches: Sequence[Sequence[str]]) -> list[ChordPart]:
+    """The header tasks of a round sent in batches: ``fanflow.batch(job_id, keys, round)`` each."""
+    shadow = f"{BATCH_TASK}[{spec.name}:"
+    parts = []
+    for index, keys in enumerate(batches):
+        label = keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]}"
+        args = (job_id, list(keys), round_)
+        parts.append(ChordPart(
+            task_id=batch_task_id(job_id, round_, index), args=args, queue=QUEUES["llm"],
+            shadow=f"{shadow}{label}]", argsrepr=repr((job_id, f"<{len(keys)} branches>", round_)),
+            group_index=index,
+        ))  # fmt: skip
+    return parts
+
+
 def publish_round(
     app: Celery,
     job_id: str,
@@ -121,14 +143,21 @@ def publish_round(
     round_: int,
     keys: Sequence[str] | None = None,
     etas: Mapping[str, str] | None = None,
+    batches: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """Set the chord size and publish every header message of the round.
 
     ``keys`` None: every subtask, in declared order; else only those keys, in declared order.
+    ``batches``: the round's branches go in these batches (``fanflow.batching``) instead.
 
     Raises:
         ValueError: no branch to publish, or a key that is not a subtask of ``spec``.
     """
+    if batches:
+        parts = batch_parts(job_id, spec, round_, batches)
+        body = merge_signature(app, job_id, spec, round_)
+        publish_parts(app, BATCH_TASK, group_id(job_id, round_), body, parts, chord_size=len(parts))
+        return
     parts = round_parts(job_id, spec, round_, keys, etas)
     if not parts:
         raise ValueError(f"job {job_id} round {round_}: no branch to publish")
@@ -145,6 +174,7 @@ def republish_branches(
     round_: int,
     round_keys: Sequence[str] | None,
     resend: Collection[str],
+    batches: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """Publish again the header messages of the branches in ``resend``, as ``publish_round`` did.
 
@@ -155,6 +185,12 @@ def republish_branches(
     Raises:
         ValueError: a key of ``resend`` that is not in the round.
     """
+    if batches:  # the batches holding them, whole: the job store runs only what has no outcome
+        wanted = set(resend)
+        chosen = [part for part in batch_parts(job_id, spec, round_, batches) if wanted & set(part.args[1])]
+        body = merge_signature(app, job_id, spec, round_)
+        publish_parts(app, BATCH_TASK, group_id(job_id, round_), body, chosen)
+        return
     parts = round_parts(job_id, spec, round_, round_keys)
     wanted = set(resend)
     missing = wanted.difference(part.args[1] for part in parts)

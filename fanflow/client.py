@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from celery import Celery
 
 from fanflow.app import create_app, limiter_of, store_of
+from fanflow.batching import batch_plan
 from fanflow.canvas import publish_round, republish_branches
 from fanflow.config import Settings
 from fanflow.errors import BackendError, ConfigError, FanflowError, JobTimeoutError, SpecError
@@ -131,6 +132,9 @@ class Client:
         """
         fanout, pipeline, pacing = self._prepare(_job_spec(spec))
         pending, roots = _pipeline_start(pipeline)
+        batches = (
+            None if pipeline else batch_plan(fanout, self.settings.batch_size, paced=bool(pacing.delays_ms))
+        )
         job_id = uuid.uuid4().hex
         etas = pacing.etas(dt.datetime.now(dt.UTC)) if pacing.delays_ms else None
         idempotency = fanout.idempotency_key
@@ -149,9 +153,10 @@ class Client:
             if roots is not None:  # the same task ids again: a node's lease makes it run once
                 publish_nodes(self.app, job_id, fanout, 0, roots)
             elif attempts == 1:
-                publish_round(self.app, job_id, fanout, 0, etas=etas)
+                publish_round(self.app, job_id, fanout, 0, etas=etas, batches=batches)
             else:  # the chord size is set: setting it again could let a fired chord fire twice
-                republish_branches(self.app, job_id, fanout, 0, None, [s.key for s in fanout.subtasks])
+                keys = [s.key for s in fanout.subtasks]
+                republish_branches(self.app, job_id, fanout, 0, None, keys, batches)
 
         withdrawn: bool | None = None
         created = False
@@ -175,7 +180,12 @@ class Client:
                 if existing is not None:
                     return JobHandle(self, existing)
             create = functools.partial(
-                self.store.create_job, job_id, fanout, pipeline=pipeline, pending=pending
+                self.store.create_job,
+                job_id,
+                fanout,
+                pipeline=pipeline,
+                pending=pending,
+                batch=self.settings.batch_size if batches else 0,
             )
             self.outage.call(create, f"submitting job {job_id}", give_up=withdraw)
             created = True

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="how long job results stay readable")
     delivery_cap: int = Field(5, ge=1, description="deliveries of one branch before it is failed")
     prefetch_multiplier: int = Field(1, ge=1)
+    batch_size: int = Field(
+        25, ge=0, description="a fan-out of 100 or more model calls goes in messages of this many branches "
+        "(each still its own task in the job store and in Flower); 0: one message per branch",
+    )  # fmt: skip
     task_events: bool = Field(True, description="send task events so Flower sees every task")
     soft_shutdown_timeout_s: float = Field(30.0, ge=0)
     outage_grace_s: float = Field(

@@ -34,7 +34,7 @@ from celery.utils.time import maybe_iso8601
 from fanflow.errors import PoisonMessageError
 from fanflow.keys import JobKeys
 from fanflow.store import EVENTS_MAXLEN, JobStore
-from fanflow.tasks import MERGE_TASK, NODE_TASK, SUBTASK_TASK
+from fanflow.tasks import BATCH_TASK, MERGE_TASK, NODE_TASK, SUBTASK_TASK
 
 __all__ = [
     "TASK_PARAMETERS",
@@ -55,6 +55,7 @@ logger = logging.getLogger("fanflow")
 TASK_PARAMETERS: dict[str, tuple[tuple[str, type], ...]] = {
     SUBTASK_TASK: (("job_id", str), ("key", str), ("round_", int)),
     NODE_TASK: (("job_id", str), ("key", str), ("round_", int)),
+    BATCH_TASK: (("job_id", str), ("keys", list), ("round_", int)),
     MERGE_TASK: (("statuses", object), ("job_id", str), ("round_", int)),
 }
 #: The only content type fanflow's apps accept (``accept_content=["json"]``).
@@ -149,6 +150,10 @@ def check_task_body(task: str, body: object) -> None:
             raise PoisonMessageError(f"{name} is {json_type(value)}, expected an integer >= 0")
         if expected is str and not isinstance(value, str):
             raise PoisonMessageError(f"{name} is {json_type(value)}, expected a string")
+        if expected is list and not (
+            isinstance(value, list) and all(isinstance(item, str) for item in value)
+        ):
+            raise PoisonMessageError(f"{name} is {json_type(value)}, expected an array of strings")
 
 
 def _check_embed(embed: object) -> None:

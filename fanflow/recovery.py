@@ -33,6 +33,7 @@ import redis
 from celery import Celery
 
 from fanflow.keys import sweeper_lock_key
+from fanflow.spec import FanOut
 from fanflow.store import JobStore
 
 if TYPE_CHECKING:
@@ -276,18 +277,30 @@ class Sweeper:
             publish_nodes(self.app, job_id, job.spec, report.round, resend)
         elif resend:
             round_keys = self.store.round_keys(job_id) if report.round else None
-            republish_branches(self.app, job_id, job.spec, report.round, round_keys, resend)
+            batches = self._batches(job_id, job.spec, report.round)
+            republish_branches(self.app, job_id, job.spec, report.round, round_keys, resend, batches)
         if report.merge:
             logger.warning("fanflow: job %s: round %d's merge did not finish; delivering it again",
                            job_id, report.round)  # fmt: skip
             republish_merge(self.app, job_id, job.spec, report.round)
         return {"branches": len(report.lapsed), "lost": len(lost), "merges": int(report.merge)}
 
+    def _batches(self, job_id: str, spec: FanOut, round_: int) -> list[list[str]] | None:
+        """The batches the round was sent in (``fanflow.batching``), or None."""
+        from fanflow.batching import batches_of
+
+        size = self.store.batch_size(job_id) if round_ == 0 else 0
+        return batches_of([subtask.key for subtask in spec.subtasks], size) if size else None
+
     def _lost(self, job_id: str, round_: int, suspects: list[str]) -> list[str]:
-        from fanflow.canvas import branch_task_id
+        from fanflow.canvas import batch_task_id, branch_task_id
 
         if self.probe is None:  # not a Redis broker: it does not lose popped messages
             return []
-        ids = {branch_task_id(job_id, round_, key): key for key in suspects}
-        present = self.probe.present(set(ids), fresh_s=max(self.grace_s, 60.0))
-        return [key for task_id, key in ids.items() if task_id not in present]
+        message = {key: branch_task_id(job_id, round_, key) for key in suspects}
+        batches = self._batches(job_id, self.runner.job(job_id).spec, round_)
+        for index, keys in enumerate(batches or []):  # a batch's branches come in its message
+            for key in set(keys) & set(suspects):
+                message[key] = batch_task_id(job_id, round_, index)
+        present = self.probe.present(set(message.values()), fresh_s=max(self.grace_s, 60.0))
+        return [key for key, task_id in message.items() if task_id not in present]

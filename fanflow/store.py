@@ -7,6 +7,7 @@ atomic (begin a branch, record an outcome, open a retry round) are Lua scripts i
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -54,6 +55,11 @@ def _usage(fields: dict[str, int]) -> Usage:
         cached_tokens=fields.get("cached", 0), cost_usd=fields.get("cost", 0) / 1e9,
         calls=fields.get("calls", 0),
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _job_keys(prefix: str, job_id: str) -> JobKeys:
+    return JobKeys.of(prefix, job_id)
 
 
 def _script(name: str) -> str:
@@ -248,8 +254,8 @@ class JobStore:
         old.disconnect()
 
     def keys(self, job_id: str) -> JobKeys:
-        """The Redis keys of a job."""
-        return JobKeys.of(self.prefix, job_id)
+        """The Redis keys of a job (built once per job: every branch's every call asks)."""
+        return _job_keys(self.prefix, job_id)
 
     # --- producer side --------------------------------------------------------------------------
 
@@ -268,11 +274,13 @@ class JobStore:
         *,
         pipeline: Pipeline | None = None,
         pending: dict[str, int] | None = None,
+        batch: int = 0,
     ) -> StoredJob:
         """Persist a new job (status ``pending``, round 0) before its branches are enqueued.
 
         A pipeline's job (``spec`` the fan-out of its nodes) starts with ``pending``: each node's
-        count of dependencies; the nodes with none are the ones sent now.
+        count of dependencies; the nodes with none are the ones sent now. ``batch``: its first round
+        is sent in batches of that many branches (``fanflow.batching``).
         """
         keys = self.keys(job_id)
         now = time.time()
@@ -286,7 +294,7 @@ class JobStore:
                 mapping={
                     "name": name, "status": JobStatus.PENDING.value, "round": 0, "size": size,
                     "total": size, "done": 0, "failed": 0, "created_at": repr(now), "merges": 0,
-                    "merged_round": -1, "round_at": int(now * 1000),
+                    "merged_round": -1, "round_at": int(now * 1000), "batch": batch,
                 },
             )  # fmt: skip
             pipe.expire(keys.meta, self.ttl_s)
@@ -549,6 +557,10 @@ class JobStore:
     def deactivate(self, job_id: str) -> None:
         """Drop a job from the sweeper's list (it is final, or gone)."""
         self.client.zrem(active_jobs_key(self.prefix), job_id)
+
+    def batch_size(self, job_id: str) -> int:
+        """How many branches each message of the job's first round carries (0: one message per branch)."""
+        return int(cast(str | None, self.client.hget(self.keys(job_id).meta, "batch")) or 0)
 
     def round_keys(self, job_id: str) -> list[str] | None:
         """The branch keys of the current round, or None when it is the first round (every branch)."""

@@ -27,12 +27,14 @@ from fanflow.fanin import finalize_job
 from fanflow.result import ErrorInfo, JobResult, JobStatus, SubtaskOutcome
 from fanflow.store import MERGE_MEMBER
 
-__all__ = ["MERGE_TASK", "NODE_TASK", "SUBTASK_TASK", "ChordFailureLogFilter", "register_tasks"]
+__all__ = ["BATCH_TASK", "MERGE_TASK", "NODE_TASK", "SUBTASK_TASK", "ChordFailureLogFilter", "register_tasks"]
 
 SUBTASK_TASK = "fanflow.subtask"
 MERGE_TASK = "fanflow.merge"
 #: One node of a pipeline (``fanflow.pipeline.runtime``): a branch sent when its dependencies are done.
 NODE_TASK = "fanflow.node"
+#: Many model-call branches of one fan-out in one message (``fanflow.batching``).
+BATCH_TASK = "fanflow.batch"
 
 logger = logging.getLogger("fanflow")
 
@@ -82,6 +84,7 @@ class ChordFailureLogFilter(logging.Filter):
 
 def register_tasks(app: Celery, runner: BranchRunner) -> None:
     """Register fanflow's tasks on ``app``, bound to ``runner`` (and its job store)."""
+    batches = runner.batches
 
     @app.task(
         name=SUBTASK_TASK, bind=True, ignore_result=True, max_retries=None, shared=False,
@@ -98,6 +101,17 @@ def register_tasks(app: Celery, runner: BranchRunner) -> None:
     def node(self: Task[Any, Any], job_id: str, key: str, round_: int = 0) -> str:
         """Run one node of a pipeline: its outcome goes to the job store and sends what it unblocks."""
         return run_branch(self, runner, job_id, key, round_)
+
+    @app.task(
+        name=BATCH_TASK, bind=True, ignore_result=True, max_retries=None, shared=False,
+        throws=(BranchFailedError,),
+    )  # fmt: skip
+    def batch(self: Task[Any, Any], job_id: str, keys: list[str], round_: int = 0) -> str:
+        """Run a batch of a fan-out's model-call branches at once; each outcome goes to the job store."""
+        try:
+            return batches.run(self, job_id, keys, round_)
+        except _BACKEND_ERRORS as exc:
+            raise _retry_later(self, exc) from exc
 
     @app.task(name=MERGE_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)
     def merge(self: Task[Any, Any], statuses: Any, job_id: str, round_: int = 0) -> str:

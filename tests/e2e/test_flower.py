@@ -137,3 +137,46 @@ def test_flower_tells_which_branch_failed_and_shows_no_payload(
     assert status == 200
     assert [t["name"] for t in failures.values()] == ["fanflow.subtask[flower-demo:legal]"]
     assert SECRET not in json.dumps(tasks)
+
+
+def test_flower_shows_each_branch_of_a_batched_fan_out_of_model_calls(
+    flower: tuple[str, str], e2e_redis_url: str, key_prefix: str, start_worker: StartWorker
+) -> None:
+    """A fan-out big enough to go in batches (fanflow.batching): Flower still lists a task per branch
+    under its own name and id, with the failed one failed, beside the batch tasks themselves."""
+    from fanflow.batching import MIN_BRANCHES
+    from fanflow.canvas import branch_task_id
+    from fanflow.dev.fake_llm import FakeLLM
+
+    base, auth = flower
+    with FakeLLM() as server:
+        env = worker_env(e2e_redis_url, key_prefix) | {
+            "OPENAI_BASE_URL": f"{server.url}/v1", "OPENAI_API_KEY": SECRET,
+        }  # fmt: skip
+        start_worker("llmw", env=env, queues="fanflow.llm,fanflow.control", concurrency=64).wait_ready()
+        time.sleep(1.0)
+        client = Client.from_settings(Settings(key_prefix=key_prefix).with_redis(e2e_redis_url))
+        keys = [f"q{index:03d}" for index in range(MIN_BRANCHES)]
+        subtasks: list[dict[str, Any]] = [
+            {"key": key, "run": {"kind": "llm", "model": "openai:gpt-4o-mini", "prompt": f"Question {key}",
+                                 "max_tokens": 16}}
+            for key in keys
+        ]  # fmt: skip
+        # q007's answer misses its schema's required field: it fails (one attempt), its batch too.
+        subtasks[7]["run"]["output_schema"] = {"type": "object", "required": ["nope"]}
+        subtasks[7]["run"]["prompt"] += ' [[fake:json={"other": 1}]]'
+        spec = FanOut.model_validate(
+            {"name": "batched", "subtasks": subtasks, "failure": {"policy": "best_effort"}}
+        )
+        handle = client.submit(spec)
+        assert handle.wait(timeout=60).status.value == "partial"
+    tasks = _flower_tasks(base, auth, expected=MIN_BRANCHES + 1)
+    rows = {t["uuid"]: t for t in tasks.values()}
+    for key in keys:
+        row = rows.get(branch_task_id(handle.job_id, 0, key))
+        assert row is not None, key
+        assert row["name"] == f"fanflow.subtask[batched:{key}]"
+        assert row["state"] == ("FAILURE" if key == "q007" else "SUCCESS"), row
+    assert "OutputValidationError" in str(rows[branch_task_id(handle.job_id, 0, "q007")].get("exception"))
+    assert any(str(t.get("name", "")).startswith("fanflow.batch[batched:") for t in rows.values())
+    assert SECRET not in json.dumps(tasks)

@@ -426,3 +426,39 @@ def test_calls_refused_by_reservations_in_flight_run_once_those_settle(
     result = client.submit(_fanout("reserved", subtasks)).wait(timeout=10)
     assert result.status is JobStatus.SUCCEEDED, result.error
     assert result.usage.total_tokens < 1400 - 315
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_killed_mid_batch_its_branches_run_again_and_merge_once(
+    e2e_redis_url: str, key_prefix: str, server: FakeLLM, start_cli_workers: StartCliWorkers
+) -> None:
+    """A fan-out big enough to go in batches (fanflow.batching): the worker running some batches
+    is SIGKILLed with their calls in flight; the batches come back whole, the job store runs only
+    the branches without an outcome, and the merge runs once."""
+    from fanflow.batching import MIN_BRANCHES
+
+    keys = [f"q{index:03d}" for index in range(MIN_BRANCHES + 20)]
+    model = f"openai:gpt-4o-mini-{secrets.token_hex(3)}"
+    client = _client(e2e_redis_url, key_prefix)
+    env = _env(e2e_redis_url, key_prefix, server, lease_s="6", sweep_interval_s="1")
+    workers = start_cli_workers(["w0", "w1"], env=env)
+    server.set_latency(3.0)
+    spec = _fanout(
+        "batched-kill",
+        [{"key": key, "run": _llm(model, "Slow {key}")} for key in keys],
+    )
+    handle = client.submit(spec)
+    deadline = time.monotonic() + 30
+    while server.in_flight < len(keys) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.in_flight == len(keys), f"{server.in_flight} calls in flight"
+    victim = max(workers, key=lambda worker: worker.log().count("fanflow.batch["))
+    assert "fanflow.batch[" in victim.log()
+    victim.kill()
+    result = handle.wait(timeout=90)
+    assert result.status is JobStatus.SUCCEEDED, result.error
+    assert [o.key for o in result.outcomes] == keys
+    assert not any(str(o.worker).startswith(f"{victim.name}@") for o in result.outcomes)
+    assert len(keys) < server.count <= 2 * len(keys)  # the victim's calls were asked again
+    assert result.usage.calls == len(keys)  # counted once each, with the outcome
+    assert handle.progress().merges == 1

@@ -295,3 +295,28 @@ def test_no_api_key_in_redis_or_results(client: Client, server: FakeLLM) -> None
             continue
         text = json.dumps(value, default=str)
         assert SECRET_OPENAI not in text and SECRET_ANTHROPIC not in text, name
+
+
+def test_a_big_fan_out_of_model_calls_goes_in_batches_each_branch_its_own(
+    client: Client, server: FakeLLM
+) -> None:
+    from fanflow.batching import MIN_BRANCHES
+
+    size = MIN_BRANCHES + 20
+    subtasks = [{"key": f"q{index:03d}", "run": _llm(MINI, f"question {index}")} for index in range(size)]
+    subtasks[7]["run"]["output_schema"] = {
+        "type": "object",
+        "required": ["nope"],
+        "properties": {"nope": {"type": "integer"}},
+    }
+    subtasks[7]["run"]["prompt"] += ' [[fake:json={"other": 1}]]'
+    handle = client.submit(_fanout(subtasks, failure={"policy": "best_effort"}))
+    assert client.store.batch_size(handle.job_id) == client.settings.batch_size
+    result = handle.wait(60)
+    assert result.status is JobStatus.PARTIAL, result.error
+    assert [o.key for o in result.outcomes] == [s["key"] for s in subtasks]
+    assert result.flagged == ["q007"]
+    assert result.outcome("q007").attempts == 1  # its own retries and judgement, as a single branch's
+    assert sum(1 for o in result.outcomes if o.succeeded) == size - 1
+    assert result.usage.calls == size
+    assert handle.progress().merges == 1

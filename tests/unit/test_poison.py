@@ -23,7 +23,7 @@ from fanflow.poison import (
     printable,
     screen_message,
 )
-from fanflow.tasks import MERGE_TASK, SUBTASK_TASK, register_tasks
+from fanflow.tasks import BATCH_TASK, MERGE_TASK, NODE_TASK, SUBTASK_TASK, register_tasks
 from fanflow.transport import envelope_problem
 
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -56,6 +56,8 @@ def _kombu_message(body: Any, headers: dict[str, Any], content_type: str = "appl
         (MERGE_TASK, [[None, "job", 0], {}, {}]),  # the sweeper's call
         (MERGE_TASK, [["4b1e-task-id", "job", 0], {}, {}]),  # as the chord's error callback
         ("bench.noop", [[], {"any": "kwargs"}, EMBED]),  # not fanflow's: the body's shape only
+        (BATCH_TASK, [["job", ["a", "b"], 0], {}, EMBED]),
+        (NODE_TASK, [["job", "node", 1], {}, EMBED]),
     ],
 )
 def test_well_formed_bodies_pass(task: str, body: Any) -> None:
@@ -86,6 +88,8 @@ def test_well_formed_bodies_pass(task: str, body: Any) -> None:
         (MERGE_TASK, [[None, None, 0], {}, {}], "job_id is null"),
         (MERGE_TASK, [["job", 0], {}, {}], "2 argument(s)"),
         ("bench.noop", [[], None, {}], "kwargs is null"),
+        (BATCH_TASK, [["job", "a", 0], {}, {}], "keys is a string, expected an array of strings"),
+        (BATCH_TASK, [["job", ["a", 1], 0], {}, {}], "keys is an array, expected an array of strings"),
     ],
 )
 def test_malformed_bodies_are_poison(task: str, body: Any, reason: str) -> None:
