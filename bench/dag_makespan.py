@@ -34,17 +34,14 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from celery import Celery, group
 
-from bench.io_fanout import PLAIN_URL_ENV, REPO_ROOT, Processes, _db_of, _interrupt_on_sigterm, _with_db
-from bench.server import redis_url
+from bench.io_fanout import PLAIN_URL_ENV, REPO_ROOT, Processes, _db_of, _with_db, run_bench
 from bench.tasks import SLEEP_PATH, register_plain_sleep_task
 from fanflow.app import CONTROL_QUEUE, QUEUES, create_app
 from fanflow.client import Client
@@ -375,34 +372,17 @@ def run(args: argparse.Namespace, url: str, where: str, processes: Processes, lo
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 unless something failed (or, with ``--strict``, a target was missed)."""
     args = parse_args(argv)
-    processes = Processes()
-    log_dir = Path(tempfile.mkdtemp(prefix="fanflow-bench-dag-"))
-    code = 1
-    try:
-        with _interrupt_on_sigterm(), redis_url(args.redis_url) as (url, where):
-            try:
-                rows = run(args, url, where, processes, log_dir)
-                if args.json:
-                    settings = {"scale": args.scale, "repeat": args.repeat, "get_interval": args.get_interval}
-                    document = {
-                        "settings": settings,
-                        "rows": [asdict(r) | {"limit_s": r.limit_s} for r in rows],
-                    }
-                    args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
-                missed = args.strict and not all(row.passed for row in rows)
-                code = 1 if missed or any(row.error for row in rows) else 0
-            except Exception as exc:  # noqa: BLE001 - reported; the exit status says it failed
-                print(f"dag_makespan: {type(exc).__name__}: {exc}", file=sys.stderr)
-            finally:
-                processes.stop_all()
-    except KeyboardInterrupt:
-        print("dag_makespan: interrupted; every process it started is stopped", file=sys.stderr)
-        code = 130
-    if code == 0:
-        shutil.rmtree(log_dir, ignore_errors=True)
-    else:
-        print(f"dag_makespan: worker logs kept in {log_dir}", file=sys.stderr)
-    return code
+
+    def body(url: str, where: str, processes: Processes, log_dir: Path) -> int:
+        rows = run(args, url, where, processes, log_dir)
+        if args.json:
+            settings = {"scale": args.scale, "repeat": args.repeat, "get_interval": args.get_interval}
+            document = {"settings": settings, "rows": [asdict(r) | {"limit_s": r.limit_s} for r in rows]}
+            args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
+        missed = args.strict and not all(row.passed for row in rows)
+        return 1 if missed or any(row.error for row in rows) else 0
+
+    return run_bench("dag_makespan", args.redis_url, body)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -612,51 +612,62 @@ def _interrupt_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every run completed with N results."""
-    args = parse_args(argv)
+def run_bench(name: str, redis_given: str | None, body: Callable[[str, str, Processes, Path], int]) -> int:
+    """Run ``body(redis url, where, processes, log dir)`` with every process it starts stopped on
+    the way out (SIGTERM and Ctrl-C too); an error is one line. Its worker logs are kept (and their
+    directory printed) unless it returns 0."""
     processes = Processes()
-    log_dir = Path(tempfile.mkdtemp(prefix="fanflow-bench-io-"))
+    log_dir = Path(tempfile.mkdtemp(prefix=f"fanflow-bench-{name}-"))
     code = 1
     try:
-        with _interrupt_on_sigterm(), redis_url(args.redis_url) as (url, where):
+        with _interrupt_on_sigterm(), redis_url(redis_given) as (url, where):
             try:
-                bench = Bench(url, args, processes, log_dir)
-                bench.start_server()
-                bench.start_workers()
-                header = (
-                    f"{args.branches} branches x {args.latency:g} s model latency, one fake model server; "
-                    f"{args.workers} worker processes per system (fanflow: its defaults; celery: -P threads "
-                    f"-c {PLAIN_CONCURRENCY}, {args.plain_client} httpx client); redis: {where}; "
-                    f"{os.cpu_count()} CPUs; {args.repeat} run(s) each"
-                )
-                print(header, flush=True)
-                runs = measure(bench, args)
-                report(runs, args, header)
-                if args.json:
-                    document = {
-                        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
-                        "runs": [asdict(run) for run in runs],
-                    }
-                    args.json.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
-                if args.profile:
-                    spy = shutil.which("py-spy")
-                    assert spy is not None
-                    for system in SYSTEMS:
-                        bench.profile(system, args.branches, args.profile, spy)
-                code = 0
+                code = body(url, where, processes, log_dir)
             except Exception as exc:  # noqa: BLE001 - reported; the exit status says it failed
-                print(f"io_fanout: {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
             finally:
                 processes.stop_all()
     except KeyboardInterrupt:
-        print("io_fanout: interrupted; every process it started is stopped", file=sys.stderr)
+        print(f"{name}: interrupted; every process it started is stopped", file=sys.stderr)
         code = 130
     if code == 0:
         shutil.rmtree(log_dir, ignore_errors=True)
     else:
-        print(f"io_fanout: worker logs kept in {log_dir}", file=sys.stderr)
+        print(f"{name}: worker logs kept in {log_dir}", file=sys.stderr)
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every run completed with N results."""
+    args = parse_args(argv)
+
+    def body(url: str, where: str, processes: Processes, log_dir: Path) -> int:
+        bench = Bench(url, args, processes, log_dir)
+        bench.start_server()
+        bench.start_workers()
+        header = (
+            f"{args.branches} branches x {args.latency:g} s model latency, one fake model server; "
+            f"{args.workers} worker processes per system (fanflow: its defaults; celery: -P threads "
+            f"-c {PLAIN_CONCURRENCY}, {args.plain_client} httpx client); redis: {where}; "
+            f"{os.cpu_count()} CPUs; {args.repeat} run(s) each"
+        )
+        print(header, flush=True)
+        runs = measure(bench, args)
+        report(runs, args, header)
+        if args.json:
+            document = {
+                "settings": {k: v for k, v in vars(args).items() if k not in ("json", "profile")},
+                "runs": [asdict(run) for run in runs],
+            }
+            args.json.write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+        if args.profile:
+            spy = shutil.which("py-spy")
+            assert spy is not None
+            for system in SYSTEMS:
+                bench.profile(system, args.branches, args.profile, spy)
+        return 0
+
+    return run_bench("io_fanout", args.redis_url, body)
 
 
 if __name__ == "__main__":

@@ -403,8 +403,11 @@ def status(job_id: str, output: str) -> None:
     stdout.print(line, markup=False)
     pipeline = handle.pipeline()
     if pipeline is not None:
-        outcomes = handle.client.store.outcomes(job_id)
-        stdout.print(node_tree(pipeline, handle.branches(), outcomes))
+        store = handle.client.store
+        tree = node_tree(
+            pipeline, handle.branches(), store.outcomes(job_id), started=store.started_at(job_id)
+        )
+        stdout.print(tree)
 
 
 @main.command()

@@ -40,6 +40,8 @@ class JobKeys:
             reservation is given back when it lapses).
         pace: hash — limit key → this job's next place in line on it (ms): per-job pacing of
             branches its limits refused, so jobs share a busy key fairly.
+        started: hash — branch key → when its latest delivery began running (ms, Redis time): how
+            long a running branch has been at it (``fanflow status`` / ``watch``).
         pending: hash — a pipeline's node → how many of its dependencies in the current round
             have not released it yet (0: sent; the record of its last dependency sends it).
     """
@@ -61,6 +63,7 @@ class JobKeys:
     budget: str
     reservations: str
     pace: str
+    started: str
     pending: str
 
     @classmethod

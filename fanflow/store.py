@@ -364,7 +364,7 @@ class JobStore:
         keys = self.keys(job_id)
         reply = self._begin(
             keys=[keys.meta, keys.rounds, keys.deliveries, keys.cancel, keys.leases, keys.events,
-                  keys.owners, keys.queued],
+                  keys.owners, keys.queued, keys.started],
             args=[key, round_, delivery_cap, token, max_concurrency, int(lease_s * 1000), EVENTS_MAXLEN,
                   self.ttl_s],
             client=self._branch_client,
@@ -576,6 +576,11 @@ class JobStore:
         """Every branch's latest outcome, by key."""
         raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).outcomes))
         return {key: SubtaskOutcome.model_validate_json(value) for key, value in raw.items()}
+
+    def started_at(self, job_id: str) -> dict[str, float]:
+        """When each branch's latest delivery began running (seconds since the epoch, Redis time)."""
+        raw = cast(dict[str, str], self.client.hgetall(self.keys(job_id).started))
+        return {key: int(value) / 1000 for key, value in raw.items()}
 
     def branch_states(self, job_id: str) -> dict[str, str]:
         """Each branch of the current round: ``queued``, ``running``, or its latest outcome's status

@@ -88,6 +88,12 @@ def _branches_view(states: dict[str, str]) -> RenderableType:
     return table
 
 
+def _node_times(handle: JobHandle) -> tuple[dict[str, SubtaskOutcome], dict[str, float]]:
+    """The outcomes so far and when each running node began (for a pipeline's tree)."""
+    store = handle.client.store
+    return store.outcomes(handle.job_id), store.started_at(handle.job_id)
+
+
 def follow(
     handle: JobHandle,
     console: Console,
@@ -115,6 +121,7 @@ def follow(
     burn = BurnRate()
     states: dict[str, str] = {}
     outcomes: dict[str, SubtaskOutcome] = {}
+    started: dict[str, float] = {}
     states_at = -float("inf")
     # the tree shows durations and errors; past MAX_TREE_NODES the view is counts, which need none
     with_outcomes = pipeline is not None and len(pipeline.nodes) <= MAX_TREE_NODES
@@ -129,15 +136,17 @@ def follow(
             if now - states_at >= BRANCHES_EVERY_S:
                 states, states_at = handle.branches(), now
                 if with_outcomes:
-                    outcomes = handle.client.outage.call(
-                        lambda: handle.client.store.outcomes(handle.job_id),
-                        f"job {handle.job_id}: reading outcomes",
+                    outcomes, started = handle.client.outage.call(
+                        lambda: _node_times(handle), f"job {handle.job_id}: reading outcomes"
                     )
             result = handle.result()
             if result is not None:
                 states = {o.key: o.status.value for o in result.outcomes}
                 outcomes = {o.key: o for o in result.outcomes}
-            view = _branches_view(states) if pipeline is None else pipeline_view(pipeline, states, outcomes)
+            view = (
+                _branches_view(states) if pipeline is None
+                else pipeline_view(pipeline, states, outcomes, now=time.time(), started=started)
+            )  # fmt: skip
             live.update(Group(bar, Text(usage_line(usage, burn.rate())), view))
             if result is not None:
                 return result

@@ -1,6 +1,7 @@
 -- begin_branch: decide whether a delivered branch message should run, and if so take its lease.
 -- KEYS[1] meta hash        KEYS[2] rounds hash     KEYS[3] deliveries hash   KEYS[4] cancel flag
 -- KEYS[5] leases zset      KEYS[6] events stream   KEYS[7] owners hash       KEYS[8] queued set
+-- KEYS[9] started hash (branch key -> when this delivery began running, ms)
 -- ARGV[1] branch key       ARGV[2] round           ARGV[3] delivery cap
 -- ARGV[4] delivery token   ARGV[5] max concurrency (0 = unlimited)
 -- ARGV[6] lease ttl (ms)   ARGV[7] events maxlen   ARGV[8] key ttl (s)
@@ -44,6 +45,8 @@ redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), key)
 redis.call('HSET', KEYS[7], key, ARGV[4])
 for i = 5, 7, 2 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
 redis.call('HSET', KEYS[1], 'last_begin_at', now)
+redis.call('HSET', KEYS[9], key, now)
+redis.call('EXPIRE', KEYS[9], ARGV[8])
 if redis.call('HGET', KEYS[1], 'status') == 'pending' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end

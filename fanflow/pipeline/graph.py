@@ -21,11 +21,23 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fanflow.pipeline.spec import Link, Pipeline, declared_links
 
-__all__ = ["Graph"]
+__all__ = ["Graph", "reachable"]
+
+
+def reachable(edges: Mapping[str, Sequence[str]], start: str, order: Sequence[str]) -> list[str]:
+    """The nodes reachable from ``start`` (not itself) along ``edges``, in ``order``."""
+    seen: set[str] = set()
+    stack = list(edges[start])
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(edges[current])
+    return [node for node in order if node in seen]
 
 
 def _is_identifier(name: str) -> bool:
@@ -131,14 +143,7 @@ class Graph:
         These are the nodes skipped when it fails under ``best_effort`` (or blocked, for a guard
         that says no).
         """
-        seen: set[str] = set()
-        stack = list(self._dependents[node_id])
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack.extend(self._dependents[current])
-        return tuple(n for n in self.nodes if n in seen)
+        return tuple(reachable(self._dependents, node_id, self.nodes))
 
     def template_names(self, node_id: str) -> frozenset[str]:
         """The template variables a ``run`` node is rendered with.

@@ -21,7 +21,7 @@ from typing import Any
 
 from fanflow.errors import MergeError
 from fanflow.merge import merge_outputs
-from fanflow.pipeline.graph import Graph
+from fanflow.pipeline.graph import Graph, reachable
 from fanflow.pipeline.spec import Pipeline
 from fanflow.policy import evaluate_policy
 from fanflow.result import SubtaskOutcome
@@ -99,14 +99,7 @@ class RunGraph:
 
     def descendants(self, node_id: str) -> list[str]:
         """Every run node that (transitively) waits for this one, in run-node order."""
-        seen: set[str] = set()
-        stack = list(self._dependents[node_id])
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack.extend(self._dependents[current])
-        return [n for n in self.nodes if n in seen]
+        return reachable(self._dependents, node_id, self.nodes)
 
     def closure(self, node_ids: Iterable[str]) -> list[str]:
         """``node_ids`` and everything that waits for them, in run-node order."""

@@ -78,7 +78,9 @@ def _state(node_id: str, states: Mapping[str, str], outcome: SubtaskOutcome | No
     return str(outcome.status.value) if outcome is not None else "pending"
 
 
-def _timing(state: str, outcome: SubtaskOutcome | None, now: float) -> str:
+def _timing(state: str, outcome: SubtaskOutcome | None, now: float, started: float | None = None) -> str:
+    if state == "running" and started is not None:  # this delivery's start (the job store's)
+        return _duration(now - started)
     if outcome is None or outcome.started_at is None:
         return ""
     if state in _FINISHED and outcome.finished_at is not None:
@@ -97,7 +99,13 @@ def _error(state: str, outcome: SubtaskOutcome | None) -> str:
 
 
 def _label(
-    graph: Graph, node_id: str, parent: str | None, state: str, outcome: SubtaskOutcome | None, now: float
+    graph: Graph,
+    node_id: str,
+    parent: str | None,
+    state: str,
+    outcome: SubtaskOutcome | None,
+    now: float,
+    started: float | None = None,
 ) -> Text:
     node = graph.pipeline.node(node_id)
     style = STATE_STYLES.get(state, "")
@@ -107,7 +115,7 @@ def _label(
     if node.fanout is not None:
         label.append("  fan-out", style="dim")
     label.append(f"  {state}", style=style)
-    timing = _timing(state, outcome, now)
+    timing = _timing(state, outcome, now, started)
     if timing:
         label.append(f"  {timing}")
     # a node's inputs are its predecessors; one without any waits only for the guards
@@ -127,6 +135,7 @@ def node_tree(
     outcomes: Mapping[str, SubtaskOutcome] | None = None,
     *,
     now: float | None = None,
+    started: Mapping[str, float] | None = None,
 ) -> Tree:
     """The pipeline's nodes as a tree: each under its first dependency, in topological order.
 
@@ -136,6 +145,7 @@ def node_tree(
             outcome's status, or ``pending``.
         outcomes: the outcomes so far, by node id: their durations and errors are shown.
         now: the time (``time.time()`` seconds) running nodes' elapsed time is measured to.
+        started: when each running node's delivery began (``store.started_at``).
     """
     graph = Graph(pipeline)
     outcomes = outcomes or {}
@@ -149,7 +159,8 @@ def node_tree(
         dependencies = graph.dependencies(node_id)
         parent = dependencies[0] if dependencies else None
         outcome = outcomes.get(node_id)
-        label = _label(graph, node_id, parent, _state(node_id, states, outcome), outcome, now)
+        state = _state(node_id, states, outcome)
+        label = _label(graph, node_id, parent, state, outcome, now, (started or {}).get(node_id))
         fanout = pipeline.node(node_id).fanout
         if fanout is not None:  # its branches run as nodes ``<id>.<key>``: how many are done
             done = sum(states.get(f"{node_id}.{s.key}", "pending") in _FINISHED for s in fanout.subtasks)
@@ -164,12 +175,13 @@ def tree_text(
     outcomes: Mapping[str, SubtaskOutcome] | None = None,
     *,
     now: float | None = None,
+    started: Mapping[str, float] | None = None,
     width: int = 120,
 ) -> str:
     """``node_tree`` as plain text (no colour), wrapped at ``width`` columns, ending with a newline."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False, highlight=False)
-    console.print(node_tree(pipeline, states, outcomes, now=now))
+    console.print(node_tree(pipeline, states, outcomes, now=now, started=started))
     return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
@@ -179,11 +191,12 @@ def pipeline_view(
     outcomes: Mapping[str, SubtaskOutcome] | None = None,
     *,
     now: float | None = None,
+    started: Mapping[str, float] | None = None,
     max_nodes: int = MAX_TREE_NODES,
 ) -> RenderableType:
     """The live view of a pipeline job's nodes: ``node_tree``, or counts per state past ``max_nodes``."""
     if len(pipeline.nodes) <= max_nodes:
-        return node_tree(pipeline, states, outcomes, now=now)
+        return node_tree(pipeline, states, outcomes, now=now, started=started)
     outcomes = outcomes or {}
     counts = Counter(_state(node.id, states, outcomes.get(node.id)) for node in pipeline.nodes)
     ordered = [s for s in STATE_STYLES if counts[s]] + sorted(s for s in counts if s not in STATE_STYLES)

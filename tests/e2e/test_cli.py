@@ -110,3 +110,22 @@ def test_every_tutorial_graph_runs_offline_and_prints_its_shown_nodes(graph: str
 def test_input_is_only_for_pipelines() -> None:
     done = fanflow("run", "examples/wordcount.yaml", "--input", "x")
     assert done.returncode == 2 and "--input is for pipelines" in done.stderr
+
+
+def test_status_draws_a_pipeline_as_a_tree_of_its_nodes(e2e_redis_url: str, key_prefix: str) -> None:
+    from fanflow import Client, Settings
+    from fanflow.pipeline import load_pipeline
+
+    pipeline = load_pipeline(ROOT / "examples" / "tutorial" / "03_fan_out_fan_in.yml").pipeline
+    client = Client.from_settings(Settings(key_prefix=key_prefix).with_redis(e2e_redis_url))
+    job_id = client.submit(pipeline).job_id  # no worker: the dispatcher waits in its queue
+    env = {"FANFLOW_BROKER_URL": e2e_redis_url, "FANFLOW_KEY_PREFIX": key_prefix}
+    done = run_cli("status", job_id, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{job_id} 03_fan_out_fan_in: pending")
+    assert "pipeline 03_fan_out_fan_in" in done.stdout
+    assert any("dispatcher" in line and "queued" in line for line in lines)
+    for analyst in ("economic_analyst", "environmental_analyst", "social_analyst"):
+        assert any(analyst in line and "pending" in line for line in lines), done.stdout
+    assert any("synthesizer" in line and "also waits for" in line for line in lines), done.stdout

@@ -363,6 +363,8 @@ def test_live_node_states_tell_pending_from_queued_and_running(client: Client) -
         time.sleep(0.05)
         states = handle.branches()
     assert states == {"first": "running", "second": "pending", "third": "pending"}
+    started = client.store.started_at(handle.job_id)
+    assert list(started) == ["first"] and abs(started["first"] - time.time()) < 5
     assert handle.pipeline() == pipeline
     assert handle.wait(30).status is JobStatus.SUCCEEDED
     assert set(handle.branches().values()) == {"succeeded"}

@@ -11,6 +11,7 @@ from rich.tree import Tree
 from fanflow.pipeline import Pipeline, validate_pipeline
 from fanflow.pipeline.view import node_tree, pipeline_view, shown_outputs, tree_text
 from fanflow.result import ErrorInfo, JobResult, JobStatus, SubtaskOutcome
+from tests.unit.test_pipeline_graph import FAN_OUT_FAN_IN
 
 PY = {"kind": "python", "function": "tests.callables:echo"}
 
@@ -32,19 +33,6 @@ def outcome(key: str, status: str, **fields: Any) -> SubtaskOutcome:
     return SubtaskOutcome.model_validate({"key": key, "status": status, **fields})
 
 
-FAN_OUT_FAN_IN = """
-edges:
-  - node: "dispatcher"
-    children:
-      - node: "economic_analyst"
-      - node: "environmental_analyst"
-      - node: "social_analyst"
-  - node: "synthesizer"
-    fan_in:
-      - node: "economic_analyst"
-      - node: "environmental_analyst"
-      - node: "social_analyst"
-"""
 ANALYSTS = ["dispatcher", "economic_analyst", "environmental_analyst", "social_analyst", "synthesizer"]
 
 
@@ -230,3 +218,9 @@ def test_without_show_nodes_the_sinks_are_shown() -> None:
     )
     assert shown_outputs(built, result) == '\n[C]\nc\n[D]\n[\n  "d"\n]'
     assert shown_outputs(built, result_of(outcome("C", "failed"))) == ""
+
+
+def test_a_running_node_shows_how_long_its_delivery_has_run() -> None:
+    built = validate_pipeline({"name": "t", "nodes": [{"id": "a", "run": PY}]})
+    text = tree_text(built, {"a": "running"}, {}, now=100.0, started={"a": 97.5})
+    assert lines(text) == ["pipeline t", "└── a  running  2.50s"]
