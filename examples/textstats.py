@@ -29,3 +29,28 @@ def summarize(outcomes: list[Any], context: Any = None) -> dict[str, Any]:
         "words": sum(s["words"] for s in stats),
         "largest": max(stats, key=lambda s: s["words"])["file"] if stats else None,
     }
+
+
+# --- the pipeline example (examples/report_pipeline.yaml) -----------------------------------------
+
+
+def texts_present(directory: str = "data") -> dict[str, bool]:
+    """A guard: ``validation`` is true when ``directory`` (next to this module) holds text files."""
+    folder = Path(directory) if Path(directory).is_absolute() else HERE / directory
+    return {"validation": any(folder.glob("*.txt"))}
+
+
+def largest(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The file with the most words, from the ``stats`` node's merged output (file key -> stats)."""
+    stats = inputs["stats"]
+    key = max(stats, key=lambda name: stats[name]["words"])
+    return {"key": key, **stats[key]}
+
+
+def report(inputs: dict[str, Any]) -> str:
+    """A few lines on every file and the largest one: what its predecessors gave, in declared order."""
+    stats, top = inputs["stats"], inputs["largest"]
+    lines = [f"{name}: {s['words']} words, {s['lines']} lines, mostly {', '.join(s['top_words'])}"
+             for name, s in stats.items()]  # fmt: skip
+    lines.append(f"largest: {top['file']} ({top['words']} words)")
+    return "\n".join(lines)

@@ -129,3 +129,15 @@ def test_status_draws_a_pipeline_as_a_tree_of_its_nodes(e2e_redis_url: str, key_
     for analyst in ("economic_analyst", "environmental_analyst", "social_analyst"):
         assert any(analyst in line and "pending" in line for line in lines), done.stdout
     assert any("synthesizer" in line and "also waits for" in line for line in lines), done.stdout
+
+
+def test_the_pipeline_example_runs_on_the_embedded_redis() -> None:
+    done = fanflow("run", "examples/report_pipeline.yaml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("[report]\n")
+    assert "largest: celery.txt (62 words)" in done.stdout
+    as_json = json.loads(fanflow("run", "examples/report_pipeline.yaml", "-o", "json").stdout)
+    assert as_json["status"] == "succeeded"
+    assert [o["key"] for o in as_json["outcomes"]] == [
+        "texts_present", "stats.celery", "stats.redis", "stats.fanout", "stats", "largest", "report",
+    ]  # fmt: skip
