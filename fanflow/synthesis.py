@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from fanflow.admission import Deferral
@@ -22,7 +23,7 @@ from fanflow.result import OutcomeStatus, SubtaskOutcome, Usage
 from fanflow.spec import Budget, SynthesizeMerge
 from fanflow.spending import Spending, Ticket
 
-__all__ = ["MERGE_KEY", "format_flagged", "format_results", "synthesize"]
+__all__ = ["MERGE_KEY", "format_flagged", "format_results", "labelled_outputs", "output_text", "synthesize"]
 
 #: The branch key a merge's spend is recorded under.
 MERGE_KEY = "#merge"
@@ -32,13 +33,19 @@ ATTEMPTS = 3
 MAX_THROTTLED = 20
 
 
-def _text(output: Any) -> str:
+def output_text(output: Any) -> str:
+    """An output as a prompt or a reader sees it: a string as it is, anything else as indented JSON."""
     return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, indent=2)
+
+
+def labelled_outputs(outputs: Iterable[tuple[str, Any]]) -> str:
+    """Outputs in the order given, each under a ``## <label>`` heading (the ``{results}`` format)."""
+    return "\n\n".join(f"## {label}\n{output_text(output)}" for label, output in outputs)
 
 
 def format_results(outcomes: list[SubtaskOutcome]) -> str:
     """Succeeded outputs in declared order, each under a ``## <key>`` heading."""
-    return "\n\n".join(f"## {o.key}\n{_text(o.output)}" for o in outcomes if o.succeeded)
+    return labelled_outputs((o.key, o.output) for o in outcomes if o.succeeded)
 
 
 def format_flagged(outcomes: list[SubtaskOutcome]) -> str:

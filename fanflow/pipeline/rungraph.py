@@ -31,6 +31,8 @@ __all__ = ["MERGE_FANOUT", "RunGraph", "merge_fanout"]
 
 #: The function a fan-out node's fan-in runs (``fanflow.pipeline.rungraph:merge_fanout``).
 MERGE_FANOUT = f"{__name__}:merge_fanout"
+#: A subtask's options, which a pipeline node has too (its vars, limits, timeout, retries ...).
+_NODE_OPTIONS = tuple(name for name in Subtask.model_fields if name not in ("key", "run"))
 
 
 class RunGraph:
@@ -132,10 +134,7 @@ class RunGraph:
             return branch.model_copy(update={"key": node_id})
         node = self.pipeline.node(node_id)
         run = node.run if node.run is not None else PyCall(function=MERGE_FANOUT)
-        return Subtask(
-            key=node.id, run=run, vars=node.vars, limits=node.limits, timeout_s=node.timeout_s,
-            retry=node.retry, success=node.success, required=node.required, metadata=node.metadata,
-        )  # fmt: skip
+        return Subtask(key=node.id, run=run, **{name: getattr(node, name) for name in _NODE_OPTIONS})
 
     def context(self, node_id: str) -> Any:
         """The shared context a run node sees: its fan-out's for a branch, else the pipeline's."""

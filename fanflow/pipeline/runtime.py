@@ -28,7 +28,6 @@ Data flow: a node sees only its own predecessors' outputs (``materialize``), in 
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from fanflow.pipeline.spec import Pipeline, guard_verdict
 from fanflow.result import ErrorInfo, OutcomeStatus, SubtaskOutcome
 from fanflow.spec import AllOrNothing, ConcatenateMerge, FanOut, PyCall, Subtask
 from fanflow.store import JobStore, Recorded, StoredJob
+from fanflow.synthesis import labelled_outputs, output_text
 from fanflow.tasks import NODE_TASK
 
 if TYPE_CHECKING:
@@ -71,13 +71,10 @@ def node_fanout(pipeline: Pipeline, graph: RunGraph | None = None) -> FanOut:
     )  # fmt: skip
 
 
-def _text(output: Any) -> str:
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, indent=2)
-
-
 def format_inputs(inputs: dict[str, Any]) -> str:
-    """A node's ``{results}``: each predecessor's output under a ``## <id>`` heading, in declared order."""
-    return "\n\n".join(f"## {node_id}\n{_text(output)}" for node_id, output in inputs.items())
+    """A node's ``{results}``: each predecessor's output under a ``## <id>`` heading, in declared order
+    (the format of a ``synthesize`` merge's ``{results}``)."""
+    return labelled_outputs(inputs.items())
 
 
 def publish_nodes(app: Celery, job_id: str, spec: FanOut, round_: int, node_ids: Sequence[str]) -> None:
@@ -185,7 +182,7 @@ class PipelineRuntime:
         }
         variables = {
             **subtask.vars, "input": job.pipeline.input or "", "results": format_inputs(inputs),
-            **{node_id: _text(output) for node_id, output in inputs.items() if node_id.isidentifier()},
+            **{node_id: output_text(output) for node_id, output in inputs.items() if node_id.isidentifier()},
         }  # fmt: skip
         run = subtask.run
         if isinstance(run, PyCall) and run.pass_inputs:
@@ -212,7 +209,7 @@ class PipelineRuntime:
         try:
             guard_verdict(outcome.output)
         except ValueError as exc:
-            message = f"{exc}; it gave {_text(outcome.output)[:300]}"
+            message = f"{exc}; it gave {output_text(outcome.output)[:300]}"
             error = ErrorInfo(type="GuardError", message=message)
             return outcome.model_copy(update={"status": OutcomeStatus.FAILED, "error": error})
         return outcome

@@ -25,11 +25,9 @@ State names are plain strings, so states this module does not know are shown uns
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.text import Text
@@ -38,6 +36,7 @@ from rich.tree import Tree
 from fanflow.pipeline.graph import Graph
 from fanflow.pipeline.spec import Pipeline
 from fanflow.result import JobResult, SubtaskOutcome
+from fanflow.synthesis import output_text
 
 __all__ = ["MAX_TREE_NODES", "STATE_STYLES", "node_tree", "pipeline_view", "shown_outputs", "tree_text"]
 
@@ -207,10 +206,6 @@ def pipeline_view(
     return line
 
 
-def _output_text(output: Any) -> str:
-    return output if isinstance(output, str) else json.dumps(output, ensure_ascii=False, indent=2)
-
-
 def shown_outputs(pipeline: Pipeline, result: JobResult) -> str:
     """The outputs shown to the user, as the seed tutorial's runner prints them.
 
@@ -224,5 +219,5 @@ def shown_outputs(pipeline: Pipeline, result: JobResult) -> str:
     for node_id in shown:
         outcome = outcomes.get(node_id)
         if outcome is not None and outcome.succeeded:
-            parts.append(f"\n[{node_id}]\n{_output_text(outcome.output)}")
+            parts.append(f"\n[{node_id}]\n{output_text(outcome.output)}")
     return "".join(parts)
